@@ -1,0 +1,2 @@
+"""vispre: visual pretraining with RL value objectives."""
+__version__ = "0.1.0"

@@ -38,3 +38,64 @@ FORMATS = ("image", "caption", "clip", "labelled")
 def frame_ext(index: int, ext: str = "jpg") -> str:
     """File extension of frame ``index`` inside a clip sample (``000.jpg``)."""
     return f"{index:03d}.{ext}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: raw sample (ext -> bytes) -> the fields of its format. Bad input raises SkipSample.
+
+import json as _json  # noqa: E402
+
+from .skips import SkipSample  # noqa: E402
+
+
+def image_bytes(raw: dict) -> bytes:
+    for ext in IMAGE_EXTS:
+        if ext in raw:
+            return raw[ext]
+    raise SkipSample("missing_key", f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(_exts(raw))}")
+
+
+def metadata(raw: dict) -> dict:
+    if "json" not in raw:
+        return {}
+    try:
+        value = _json.loads(raw["json"])
+    except ValueError as e:
+        raise SkipSample("bad_json", str(e)) from e
+    if not isinstance(value, dict):
+        raise SkipSample("bad_json", f"json is a {type(value).__name__}, not an object")
+    return value
+
+
+def caption(raw: dict) -> str:
+    return raw["txt"].decode("utf-8", "replace").strip() if "txt" in raw else ""
+
+
+def captions(raw: dict) -> list[str]:
+    found = metadata(raw).get("captions")
+    if found is None and "txt" in raw:
+        found = [line for line in caption(raw).splitlines() if line.strip()]
+    if not found:
+        raise SkipSample("missing_key", "no captions (json 'captions' or txt)")
+    return [str(c) for c in found]
+
+
+def label(raw: dict) -> int:
+    if "cls" not in raw:
+        raise SkipSample("missing_key", "no cls")
+    try:
+        return int(raw["cls"].decode().strip())
+    except ValueError as e:
+        raise SkipSample("bad_label", f"cls is not an integer: {raw['cls'][:20]!r}") from e
+
+
+def clip_frames(raw: dict) -> list[bytes]:
+    """The frames ``000.jpg, 001.jpg, ...`` of a clip sample, in temporal order."""
+    frames = sorted((ext for ext in raw if ext.split(".")[0].isdigit() and "." in ext), key=lambda e: int(e.split(".")[0]))
+    if not frames:
+        raise SkipSample("missing_key", f"no frames (000.jpg, ...) among {sorted(_exts(raw))}")
+    return [raw[ext] for ext in frames]
+
+
+def _exts(raw: dict) -> list[str]:
+    return [k for k in raw if not k.startswith("__")]

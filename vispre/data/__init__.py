@@ -1,0 +1,16 @@
+"""From shard URLs to batches: ``build_loader(DataConfig(...), rank, world_size)``.
+
+Stages, in the order data flows: urls (specs, opening) -> tar (raw samples) -> stream (split by
+slot, shuffle, resume) -> transforms (decode, crop) -> loader (one rank's epochs and state).
+"""
+
+from .config import DataConfig, build_loader, build_transform
+from .loader import StreamLoader
+from .skips import SkipCounter, SkipSample
+from .stream import Layout, ShardStream
+from .transforms import CenterCrop, ClipFrames, CropGroup, RandomViews, SampleDecoder
+from .urls import Source, parse_spec
+
+__all__ = ["DataConfig", "build_loader", "build_transform", "StreamLoader", "SkipCounter", "SkipSample",
+           "Layout", "ShardStream", "CenterCrop", "ClipFrames", "CropGroup", "RandomViews", "SampleDecoder",
+           "Source", "parse_spec"]

@@ -1,0 +1,146 @@
+"""Per-sample stages that run in the loader workers: raw sample -> decoded, cropped sample.
+
+Only geometry happens here (crop boxes, resize, flip), on uint8. Photometric augmentation
+(colour jitter, grey, blur, solarize) is about two thirds of the CPU cost per image and runs
+batched on the training device instead (see ``vispre.views``). Every class is module-level and
+picklable so the pipeline works with spawn/forkserver workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from ..views import sample_boxes
+from . import formats
+from .decode import DEFAULT_MAX_PIXELS, check_size, decode_rgb, image_size
+from .skips import SkipSample
+
+
+@dataclass
+class CropGroup:
+    """``count`` random crops of ``size`` px covering a ``scale`` fraction of the image area."""
+
+    count: int = 2
+    size: int = 224
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+
+
+def _to_chw(array) -> torch.Tensor:
+    # A channels-last view: torchvision's uint8 antialiased resize has its fast path for it.
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class RandomViews:
+    """Multi-crop views for pretraining: every view keeps its box and flip.
+
+    Boxes are drawn from the header's image size before decoding, so a JPEG is decoded only as
+    large as the most demanding box needs (a 96 px crop of a 512 px image decodes at 1/2 or 1/4).
+    """
+
+    def __init__(self, groups: list[CropGroup], flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 reduce_decode: bool = True):
+        self.groups = [g if isinstance(g, CropGroup) else CropGroup(**g) for g in groups]
+        self.flip = flip
+        self.max_pixels = max_pixels
+        self.reduce_decode = reduce_decode
+
+    def __call__(self, data: bytes, generator: torch.Generator) -> dict:
+        width, height = image_size(data)
+        check_size(width, height, self.max_pixels)
+        boxes = [sample_boxes(g.count, width, height, g.scale, g.ratio, generator) for g in self.groups]
+        # source pixels per output pixel, for the tightest box: how much smaller we may decode
+        allowed = min(float(min((b[:, 2] - b[:, 0]).min() * width, (b[:, 3] - b[:, 1]).min() * height)) / g.size
+                      for b, g in zip(boxes, self.groups))
+        array, _ = decode_rgb(data, allowed if self.reduce_decode else 1.0)
+        image = _to_chw(array)
+        h, w = image.shape[1:]
+        all_boxes = torch.cat(boxes)
+        flips = torch.rand(len(all_boxes), generator=generator) < 0.5 if self.flip else torch.zeros(len(all_boxes), dtype=torch.bool)
+        views, i = [], 0
+        for b, g in zip(boxes, self.groups):
+            crops = []
+            for box in b:
+                x0, y0, x1, y1 = (box * torch.tensor([w, h, w, h])).round().long().tolist()
+                crop = TF.resized_crop(image, y0, x0, max(y1 - y0, 1), max(x1 - x0, 1), [g.size, g.size], antialias=True)
+                crops.append(crop.flip(-1) if flips[i] else crop)
+                i += 1
+            views.append(torch.stack(crops).contiguous())
+        return {"views": views, "boxes": all_boxes, "flips": flips, "image_size": torch.tensor([width, height])}
+
+
+class CenterCrop:
+    """Evaluation transform: resize the shorter side to ``size / crop_pct``, take the centre ``size``."""
+
+    def __init__(self, size: int = 224, crop_pct: float = 0.875, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.size = size
+        self.crop_pct = crop_pct
+        self.max_pixels = max_pixels
+
+    def image(self, data: bytes) -> torch.Tensor:
+        width, height = image_size(data)
+        check_size(width, height, self.max_pixels)
+        resize = round(self.size / self.crop_pct)
+        array, _ = decode_rgb(data, min(width, height) / resize)
+        image = TF.resize(_to_chw(array), [resize], antialias=True)
+        return TF.center_crop(image, [self.size, self.size]).contiguous()
+
+    def __call__(self, data: bytes, generator: torch.Generator | None = None) -> dict:
+        return {"image": self.image(data)}
+
+
+class ClipFrames:
+    """Every frame of a clip sample, each centre-cropped to ``size`` (crop_pct 1): [T, 3, size, size]."""
+
+    def __init__(self, size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.frame = CenterCrop(size, crop_pct=1.0, max_pixels=max_pixels)
+
+    def __call__(self, frames: list[bytes], generator: torch.Generator | None = None) -> dict:
+        return {"frames": torch.stack([self.frame.image(f) for f in frames])}
+
+
+class SampleDecoder:
+    """Raw sample -> training sample for one format (see ``formats``): image fields + metadata."""
+
+    def __init__(self, format: str, transform):
+        if format not in formats.FORMATS:
+            raise ValueError(f"data.format must be one of {formats.FORMATS}, got {format!r}")
+        self.format = format
+        self.transform = transform
+
+    def __call__(self, raw: dict, generator: torch.Generator) -> dict:
+        out = {"__key__": raw["__key__"], "__url__": raw["__url__"], "json": formats.metadata(raw)}
+        if self.format == "clip":
+            out.update(self.transform(formats.clip_frames(raw), generator))
+            return out
+        out.update(self.transform(formats.image_bytes(raw), generator))
+        if self.format == "image":
+            out["txt"] = formats.caption(raw)
+        elif self.format == "caption":
+            out["captions"] = formats.captions(raw)
+        elif self.format == "labelled":
+            out["cls"] = formats.label(raw)
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors (lists of tensors per position), ints become a tensor, the rest stay lists."""
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if isinstance(first, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, list) and first and all(isinstance(v, torch.Tensor) for v in first):
+            batch[key] = [torch.stack(group) for group in zip(*values)]
+        elif isinstance(first, (int, bool)) and not isinstance(first, str):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+__all__ = ["CropGroup", "RandomViews", "CenterCrop", "ClipFrames", "SampleDecoder", "collate", "SkipSample"]

@@ -1,0 +1,164 @@
+"""Shard specs: which tar files a run reads, and how each one is opened.
+
+A spec names one or more *sources* joined by ``::`` (open_clip's convention); each source is a
+brace pattern (``shards/cc12m-{00000..00099}.tar``), a local directory (all its ``*.tar``), or a
+URL: ``http(s)://``, any fsspec scheme (``s3://``, ``gs://``, ...), or ``pipe:CMD`` (a shell
+command whose stdout is the tar; only when the config allows it, since it runs arbitrary code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Sequence
+
+import braceexpand
+
+log = logging.getLogger(__name__)
+
+SOURCE_SEPARATOR = "::"
+
+
+@dataclass
+class Source:
+    """One source of a mixture: its shard URLs, mixing weight and (if known) samples per shard."""
+
+    spec: str
+    urls: list[str]
+    weight: float = 1.0
+    sizes: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def num_samples(self) -> int | None:
+        return None if self.sizes is None else sum(self.sizes[u] for u in self.urls)
+
+
+def scheme(url: str) -> str:
+    if url.startswith("pipe:"):
+        return "pipe"
+    if "://" in url:
+        return url.split("://", 1)[0].lower()
+    return "file"
+
+
+def expand_source(spec: str) -> list[str]:
+    """Brace-expand one source; a local directory becomes its sorted ``*.tar`` files."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("empty shard spec (check for a stray '::')")
+    if scheme(spec) == "file" and os.path.isdir(spec):
+        urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
+        if not urls:
+            raise FileNotFoundError(f"shard directory {spec!r} holds no *.tar files")
+        return urls
+    if scheme(spec) == "pipe":  # a shell command is not brace-expanded as a whole (it may contain braces)
+        return [spec]
+    return list(braceexpand.braceexpand(spec))
+
+
+def parse_spec(spec: str | Sequence[str], weights: Sequence[float] | None = None,
+               allow_pipe: bool = False, read_sizes: bool = True) -> list[Source]:
+    """Split ``spec`` into weighted sources, check schemes, and look up shard sizes."""
+    parts = spec.split(SOURCE_SEPARATOR) if isinstance(spec, str) else list(spec)
+    if weights is not None and len(weights) != len(parts):
+        raise ValueError(f"data.weights has {len(weights)} values but the spec has {len(parts)} sources "
+                         f"(joined by '{SOURCE_SEPARATOR}'): {spec!r}")
+    sources = []
+    for i, part in enumerate(parts):
+        urls = expand_source(part)
+        for url in urls:
+            if scheme(url) == "pipe" and not allow_pipe:
+                raise PermissionError(f"shard URL {url!r} runs a shell command; set data.allow_pipe=true "
+                                      "to allow 'pipe:' URLs")
+        weight = 1.0 if weights is None else float(weights[i])
+        if not weight > 0:
+            raise ValueError(f"data.weights[{i}] must be > 0, got {weight}")
+        sizes = lookup_sizes(urls) if read_sizes else None
+        sources.append(Source(spec=part, urls=urls, weight=weight, sizes=sizes))
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening shards
+
+def open_url(url: str, *, allow_pipe: bool = False, timeout: float = 60.0, retries: int = 3) -> IO[bytes]:
+    """A readable binary stream for ``url``. Errors name the URL."""
+    kind = scheme(url)
+    if kind == "file":
+        return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+    if kind == "pipe":
+        if not allow_pipe:
+            raise PermissionError(f"{url!r}: 'pipe:' URLs are disabled (data.allow_pipe=false)")
+        import webdataset.gopen  # webdataset's pipe handling checks the command's exit status
+
+        return webdataset.gopen.gopen(url, "rb")
+    if kind in ("http", "https"):
+        return _open_http(url, timeout=timeout, retries=retries)
+    return _open_fsspec(url)
+
+
+def _open_http(url: str, timeout: float, retries: int) -> IO[bytes]:
+    # urllib rather than webdataset's curl pipe: no external binary, and HTTP errors surface
+    # in-process with the URL and status instead of as a short read from a subprocess.
+    for attempt in range(retries):
+        try:
+            return urllib.request.urlopen(url, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            if e.code < 500 or attempt == retries - 1:
+                raise OSError(f"{url}: HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            if attempt == retries - 1:
+                raise OSError(f"{url}: {e}") from e
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _open_fsspec(url: str) -> IO[bytes]:
+    try:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    except ImportError as e:  # e.g. s3fs / gcsfs not installed
+        raise ImportError(f"{url}: {e} (install vispre[s3] or vispre[gcs])") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard sizes: sizes.json (vispre, open_clip) or img2dataset's per-shard NNNNN_stats.json
+
+def _read_text(url: str, timeout: float = 10.0) -> str | None:
+    try:
+        with open_url(url, timeout=timeout, retries=1) as f:
+            return f.read().decode()
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _parent(url: str) -> str:
+    return url.rsplit("/", 1)[0] if "/" in url else "."
+
+
+def lookup_sizes(urls: Sequence[str]) -> dict[str, int] | None:
+    """Samples per shard for every URL, or None when any is unknown."""
+    if any(scheme(u) == "pipe" for u in urls):
+        return None
+    by_dir: dict[str, dict[str, int]] = {}
+    sizes = {}
+    for url in urls:
+        parent, name = _parent(url), url.rsplit("/", 1)[-1]
+        if parent not in by_dir:
+            text = _read_text(f"{parent}/sizes.json")
+            by_dir[parent] = json.loads(text) if text else {}
+        if name in by_dir[parent]:
+            sizes[url] = int(by_dir[parent][name])
+            continue
+        stats = _read_text(f"{parent}/{name.rsplit('.', 1)[0]}_stats.json")  # img2dataset
+        if stats is None or "successes" not in json.loads(stats):
+            return None
+        sizes[url] = int(json.loads(stats)["successes"])
+    return sizes

@@ -35,6 +35,7 @@ class StreamLoader:
         self.even_batches = even_batches
         self.epoch = 0
         self.positions: dict[int, tuple[int, int]] = {}  # this rank's slots -> (position, batches)
+        self.turn = 0  # index (among workers still active) of the worker whose batch comes next
         self.skips = SkipCounter()  # this epoch, this rank
         self.epochs: list[dict] = []  # per finished epoch: batches, samples, skips
         layout = stream.layout
@@ -71,12 +72,7 @@ class StreamLoader:
                             persistent_workers=False)
         yielded = sum(b for _, b in self.positions.values())
         samples, last = 0, None
-        for batch in loader:
-            self.skips.merge(batch.pop("__skips__"))
-            slot = batch.pop("__slot__")
-            self.positions[slot] = (batch.pop("__pos__"), batch.pop("__batches__"))
-            if batch.pop("__end__", False):
-                continue
+        for batch in self._in_turn(loader):
             yielded += 1
             samples += len(batch["valid"])
             last = batch
@@ -95,6 +91,30 @@ class StreamLoader:
                 yield pad
         self._end_epoch(yielded, samples)
 
+    def _in_turn(self, loader: DataLoader) -> Iterator[dict]:
+        """Batches in the order an uninterrupted epoch has: workers take turns from worker 0.
+
+        The DataLoader always starts its round-robin at worker 0, so after a resume its order
+        would differ from the uninterrupted run; batches are put back in turn order here (at most
+        one batch per worker waits in ``queues``). ``self.turn`` is saved with the state.
+        """
+        slots = [self.stream.layout.slot(w) for w in range(self.stream.layout.workers)]
+        queues: dict[int, list[dict]] = {slot: [] for slot in slots}
+        active = list(slots)
+        for item in loader:
+            queues[item["__slot__"]].append(item)
+            while active and queues[active[self.turn % len(active)]]:
+                index = self.turn % len(active)
+                batch = queues[active[index]].pop(0)
+                self.skips.merge(batch.pop("__skips__"))
+                self.positions[batch.pop("__slot__")] = (batch.pop("__pos__"), batch.pop("__batches__"))
+                if batch.pop("__end__", False):
+                    active.pop(index)  # the next worker moves into this index
+                    self.turn = index
+                    continue
+                self.turn = index + 1
+                yield batch
+
     def _end_epoch(self, batches: int, samples: int) -> None:
         summary = {"epoch": self.epoch, "batches": batches, "samples": samples, "skipped": self.skips.summary()}
         self.epochs.append(summary)
@@ -103,18 +123,21 @@ class StreamLoader:
                         self.skips.samples, dict(self.skips.reasons))
         self.epoch += 1
         self.positions = {}
+        self.turn = 0
         self.skips = SkipCounter()
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """JSON-able state of *all* ranks (gathered when distributed: every rank must call it)."""
-        positions = {str(k): list(v) for k, v in self.positions.items()}
+        mine = {"positions": {str(k): list(v) for k, v in self.positions.items()}, "turn": self.turn}
         layout = self.stream.layout
+        ranks = [mine]
         if layout.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list = [None] * layout.world_size
-            dist.all_gather_object(gathered, positions)
-            positions = {k: v for part in gathered for k, v in part.items()}
-        return {"version": STATE_VERSION, "epoch": self.epoch, "positions": positions,
+            ranks = [None] * layout.world_size
+            dist.all_gather_object(ranks, mine)
+        return {"version": STATE_VERSION, "epoch": self.epoch,
+                "positions": {k: v for part in ranks for k, v in part["positions"].items()},
+                "turns": [part["turn"] for part in ranks],
                 "layout": {"world_size": layout.world_size, "workers": layout.workers},
                 "seed": self.stream.seed, "resampled": self.stream.resampled,
                 "batch_size": self.stream.batch_size}
@@ -133,3 +156,4 @@ class StreamLoader:
         mine = {layout.slot(w) for w in range(layout.workers)}
         self.epoch = int(state["epoch"])
         self.positions = {int(k): (int(v[0]), int(v[1])) for k, v in state["positions"].items() if int(k) in mine}
+        self.turn = int(state["turns"][layout.rank if len(state["turns"]) > 1 else 0])

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded data) and `make test`.
+# Both create or reuse .venv and install vispre with the pinned torch (constraints.txt).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vispre-installed
+DEMO ?= runs/demo
+export OMP_WAIT_POLICY := PASSIVE
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import vispre, torch, torchvision, timm, open_clip, webdataset, accelerate"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/make_demo_data.py $(DEMO)/data
+	$(VENV)/bin/vispre shards inspect $(DEMO)/data/scenes --decode
+	$(VENV)/bin/vispre shards stream $(DEMO)/data/scenes --samples-per-epoch 4000 --epochs 2 --crop 64 --crops 2 --batch-size 64
+	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, digits-train/, digits-test/)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/loader.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,43 @@
+"""The ``vispre`` command: ``vispre shards write|inspect|stream ...`` (more sub-commands as they land).
+
+Each sub-command lives in ``vispre/commands/`` and registers its own parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .commands import shards_inspect, shards_stream, shards_write
+
+    parser = argparse.ArgumentParser(
+        prog="vispre",
+        description="Visual encoders from unlabeled images and videos with RL value objectives. "
+                    "Data lives in WebDataset shards; start with 'vispre shards --help'.")
+    parser.add_argument("--version", action="version", version=f"vispre {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    shards = commands.add_parser("shards", help="write and inspect WebDataset shards",
+                                 description="Write shards from image folders, Hugging Face datasets, COCO "
+                                             "captions or videos, and inspect existing shards.")
+    shard_commands = shards.add_subparsers(dest="shards_command", metavar="SUBCOMMAND", required=True)
+    shards_write.register(shard_commands)
+    shards_inspect.register(shard_commands)
+    shards_stream.register(shard_commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

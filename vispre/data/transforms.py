@@ -61,12 +61,16 @@ class RandomViews:
         all_boxes = torch.cat(boxes)
         flips = torch.rand(len(all_boxes), generator=generator) < 0.5 if self.flip else torch.zeros(len(all_boxes), dtype=torch.bool)
         views, i = [], 0
+        scale = torch.tensor([w, h, w, h])
         for b, g in zip(boxes, self.groups):
             crops = []
             for box in b:
-                x0, y0, x1, y1 = (box * torch.tensor([w, h, w, h])).round().long().tolist()
-                crop = TF.resized_crop(image, y0, x0, max(y1 - y0, 1), max(x1 - x0, 1), [g.size, g.size], antialias=True)
-                crops.append(crop.flip(-1) if flips[i] else crop)
+                x0, y0, x1, y1 = (box * scale).round().long().tolist()
+                x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+                crops.append(TF.resized_crop(image, y0, x0, y1 - y0, x1 - x0, [g.size, g.size], antialias=True))
+                crops[-1] = crops[-1].flip(-1) if flips[i] else crops[-1]
+                # the box actually cropped, on the decoded pixel grid (a reduced decode rounds coarser)
+                all_boxes[i] = torch.tensor([x0, y0, x1, y1]) / scale
                 i += 1
             views.append(torch.stack(crops).contiguous())
         return {"views": views, "boxes": all_boxes, "flips": flips, "image_size": torch.tensor([width, height])}

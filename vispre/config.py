@@ -1,0 +1,45 @@
+"""Typed configs: dataclass schemas, filled from YAML recipes and ``key=value`` overrides.
+
+OmegaConf structured configs give the type checks: an unknown or mistyped key is an error that
+names it (``data.batch_sise``), instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                **defaults: Any) -> T:
+    """``schema`` defaults <- ``defaults`` <- YAML file <- ``key=value`` overrides, type-checked."""
+    try:
+        config = OmegaConf.structured(schema)
+        if defaults:
+            config = OmegaConf.merge(config, defaults)
+        if path is not None:
+            config = OmegaConf.merge(config, OmegaConf.load(path))
+        if overrides:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        missing = sorted(OmegaConf.missing_keys(config))
+        if missing:
+            raise ConfigError(f"{path or schema.__name__}: missing required value(s): {', '.join(missing)}")
+        return OmegaConf.to_object(config)
+    except OmegaConfBaseException as e:
+        where = f"{path}: " if path else ""
+        message = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ConfigError(f"{where}{getattr(e, 'full_key', '?')}: {message}") from e
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML (written next to every run's checkpoints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,40 @@
+"""Model building blocks: timm encoders, projection heads, the AB action Q head, CLIP text tower."""
+
+from __future__ import annotations
+
+from vispre.models.encoder import Encoder, EncoderOutput
+from vispre.models.heads import DINOHead, ProjectionHead, WeightNormLinear
+from vispre.models.qhead import ActionQHead
+from vispre.models.text import TEXT_PRESETS, TextTower
+
+__all__ = [
+    "TEXT_PRESETS",
+    "ActionQHead",
+    "DINOHead",
+    "Encoder",
+    "EncoderOutput",
+    "ProjectionHead",
+    "TextTower",
+    "WeightNormLinear",
+    "build_encoder",
+    "build_head",
+    "build_text_tower",
+]
+
+
+def build_encoder(name: str, **kwargs) -> Encoder:
+    """Any timm model name; kwargs go to timm.create_model (img_size, patch_size, drop_path_rate...)."""
+    return Encoder(name, **kwargs)
+
+
+def build_text_tower(preset: str = "ViT-B-16", **kwargs) -> TextTower:
+    """The "tiny" preset (CPU tests) or an open_clip model name whose text config to use."""
+    return TextTower(preset, **kwargs)
+
+
+HEADS = {"dino": DINOHead, "simclr": ProjectionHead}
+
+
+def build_head(kind: str, in_dim: int, **kwargs):
+    """The base method's projection head: "dino" or "simclr"."""
+    return HEADS[kind](in_dim, **kwargs)

@@ -4,7 +4,6 @@ import io
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -109,8 +108,6 @@ def test_fsspec_url_scheme(tmp_path):
 
 def test_cli_inspect_json_and_write_sizes(tmp_path, capsys):
     directory, _ = make_image_shards(tmp_path, [3, 4], write_sizes=False)
-    with open(directory / "shard-00001.tar", "ab") as f:
-        pass
     bad = tmp_path / "bad"
     from vispre.data.writer import write_shard
 

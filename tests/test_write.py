@@ -317,6 +317,7 @@ def test_frame_folders_sorted_naturally_and_parallel_identical(tmp_path):
     kw = dict(frames_per_clip=3, clip_stride=3, fps=50.0)
     one = write(VideoSource(root, **kw), tmp_path / "w1", samples_per_shard=2, workers=1)
     two = write(VideoSource(root, **kw), tmp_path / "w2", samples_per_shard=2, workers=2)
+    assert (two["samples"], two["skipped"]) == (one["samples"], one["skipped"])
     assert (one["samples"], one["skipped"]) == (3, 1) and one["skipped_inputs"][0]["path"].endswith("short.mp4")
     samples = read_all(tmp_path / "w1")
     metas = [json.loads(s["json"]) for s in samples]

@@ -1,4 +1,4 @@
-"""The ``vispre`` command: ``vispre shards write|inspect|stream ...`` (more sub-commands as they land).
+"""The ``vispre`` command: ``vispre shards write|inspect|stream``, ``vispre pretrain`` (more sub-commands as they land).
 
 Each sub-command lives in ``vispre/commands/`` and registers its own parser.
 """
@@ -13,7 +13,7 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import shards_inspect, shards_stream, shards_write
+    from .commands import pretrain, shards_inspect, shards_stream, shards_write
 
     parser = argparse.ArgumentParser(
         prog="vispre",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards_write.register(shard_commands)
     shards_inspect.register(shard_commands)
     shards_stream.register(shard_commands)
+    pretrain.register(commands)
     return parser
 
 

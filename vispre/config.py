@@ -19,6 +19,22 @@ class ConfigError(ValueError):
     pass
 
 
+BASE_KEY = "_base_"
+
+
+def load_yaml(path: str | Path):
+    """A YAML recipe; ``_base_: other.yaml`` (relative to this file) is loaded first and overridden,
+    so recipes share their common part instead of copying it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe {path} does not exist")
+    config = OmegaConf.load(path)
+    base = config.pop(BASE_KEY, None)
+    if base is None:
+        return config
+    return OmegaConf.merge(load_yaml(path.parent / base), config)
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
                 **defaults: Any) -> T:
     """``schema`` defaults <- ``defaults`` <- YAML file <- ``key=value`` overrides, type-checked."""
@@ -27,7 +43,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         if defaults:
             config = OmegaConf.merge(config, defaults)
         if path is not None:
-            config = OmegaConf.merge(config, OmegaConf.load(path))
+            config = OmegaConf.merge(config, load_yaml(path))
         if overrides:
             config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
         missing = sorted(OmegaConf.missing_keys(config))

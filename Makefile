@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) tools/make_demo_data.py $(DEMO)/data
 	$(VENV)/bin/vispre shards inspect $(DEMO)/data/scenes --decode
-	$(VENV)/bin/vispre shards stream $(DEMO)/data/scenes --samples-per-epoch 4000 --epochs 2 --crop 64 --crops 2 --batch-size 64
+	$(VENV)/bin/vispre shards stream $(DEMO)/data/scenes --samples-per-epoch 4000 --crop 48 --crops 2 --batch-size 64
+	$(VENV)/bin/vispre pretrain recipes/demo/ab_dino.yaml data.spec=$(DEMO)/data/scenes train.output_dir=$(DEMO)/ab_dino
 	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, digits-train/, digits-test/)"
+	@echo "AB_DINO run: $(DEMO)/ab_dino (checkpoints/, metrics.jsonl, tensorboard events)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

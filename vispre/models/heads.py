@@ -10,6 +10,14 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 
+def init_linear(m: nn.Module) -> None:
+    """ViT-style init for every Linear of a head: trunc-normal(0.02) weights, zero bias."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight = g * v / ||v|| per output row (prototype).
 
@@ -68,15 +76,8 @@ class DINOHead(nn.Module):
         super().__init__()
         nlayers = max(nlayers, 1)
         self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, nlayers, norm=nn.BatchNorm1d if use_bn else None)
-        self.mlp.apply(self._init_weights)
+        self.mlp.apply(init_linear)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_norm=norm_last_layer)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from timm.layers import Attention, Mlp, trunc_normal_
 from torch import nn
 
+from .heads import init_linear
+
 
 class FourierEmbed(nn.Module):
     """Scalar -> [x, sin(f x), cos(f x)] at log-spaced f -> Linear(width).
@@ -106,16 +108,9 @@ class ActionQHead(nn.Module):
         self.blocks = nn.ModuleList(ActionBlock(width, dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, dim)
-        self.apply(self._init_weights)
+        self.apply(init_linear)
         for p in (self.token_embed, self.flip_embed, self.readout):
             trunc_normal_(p, std=0.02)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """[B, K, 5] -> [B, K, T, width] with T = num_action_tokens + 1 (readout last)."""

@@ -10,11 +10,6 @@ from PIL import Image
 
 from vispre.data.formats import IMAGE_EXTS
 
-try:
-    import av
-except ImportError:  # optional (vispre[video]): torchvision.io is tried instead
-    av = None
-
 from .base import (
     Source,
     SourceError,

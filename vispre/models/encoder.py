@@ -49,10 +49,16 @@ class Encoder(nn.Module):
     ``dynamic_img_size=True`` (position embeddings resampled per size), CNNs are size-agnostic.
     """
 
-    def __init__(self, name: str, dynamic_img_size: bool | None = None, **kwargs):
+    def __init__(self, name: str, dynamic_img_size: bool | None = None, *, timm_model: nn.Module | None = None,
+                 **kwargs):
+        """Build ``name`` without weights, or wrap an existing ``timm_model`` (e.g. one that
+        ``timm.create_model("local-dir:DIR")`` loaded from an export; ``kwargs`` are then its model_args)."""
         super().__init__()
         self.name = name
-        self.timm_model, self.model_args = _create(name, dynamic_img_size, kwargs)
+        if timm_model is None:
+            self.timm_model, self.model_args = _create(name, dynamic_img_size, kwargs)
+        else:
+            self.timm_model, self.model_args = timm_model, dict(kwargs)
         # Rebuild recipe: timm.create_model(name, num_classes=0, **model_args); export adds
         # num_classes itself, as timm's hub config keeps it outside model_args.
         self.num_features = self.timm_model.num_features

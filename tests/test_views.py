@@ -35,7 +35,8 @@ def test_relative_action_by_hand():
     expect = torch.tensor([0.25, 1.0, math.log(0.5), 0.0, 0.0])
     assert close(relative_action(b1, b2), expect, 1e-6)
     mirrored = relative_action(b1, b2, torch.tensor(True), torch.tensor(False))
-    assert close(mirrored, torch.tensor([-0.25, 1.0, math.log(0.5), 0.0, 1.0]), 1e-6)  # right in the image is left on screen
+    # right in the image is left on screen
+    assert close(mirrored, torch.tensor([-0.25, 1.0, math.log(0.5), 0.0, 1.0]), 1e-6)
     assert relative_action(b1, b1, torch.tensor(True), torch.tensor(True)).abs().max() == 0
 
 
@@ -87,7 +88,8 @@ def test_actions_broadcast_over_leading_dims():
     assert cand.shape == (2, 3, 5, 5) and close(cand, pairwise[..., 0, :, :])
 
 
-@pytest.mark.parametrize("scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.2, 0.5), (0.5, 2.0)), ((0.9, 1.0), (2.0, 3.0))])
+@pytest.mark.parametrize("scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.2, 0.5), (0.5, 2.0)),
+                                         ((0.9, 1.0), (2.0, 3.0))])
 def test_candidate_boxes_stay_inside_and_in_range(scale, ratio):
     g = torch.Generator().manual_seed(1)
     boxes, flips = candidate_boxes((20, 10), 50, scale, ratio, generator=g)

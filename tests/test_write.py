@@ -19,7 +19,6 @@ from vispre.data.sources import CocoSource, HFSource, ImageFolderSource, Source,
 from vispre.data.write import write_shards
 from vispre.data.writer import check_key, read_sizes
 
-
 # ---------------------------------------------------------------------------------- helpers
 
 
@@ -103,7 +102,8 @@ def test_class_folders_give_sorted_class_indices(class_folder, tmp_path):
     for s in read_all(out):
         meta = json.loads(s["json"])
         folder = meta["path"].split("/")[0]
-        assert int(s["cls"]) == ["ant", "cat", "zebra"].index(folder) == ["ant", "cat", "zebra"].index(meta["label_name"])
+        classes = ["ant", "cat", "zebra"]
+        assert int(s["cls"]) == classes.index(folder) == classes.index(meta["label_name"])
         check_key(s["__key__"])
     assert write(ImageFolderSource(class_folder, labels=False), tmp_path / "o2")["format"] == "image"
 

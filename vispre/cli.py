@@ -13,7 +13,8 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import pretrain, shards_inspect, shards_stream, shards_write
+    from .commands import eval as eval_command
+    from .commands import export, pretrain, shards_inspect, shards_stream, shards_write
 
     parser = argparse.ArgumentParser(
         prog="vispre",
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     shards_inspect.register(shard_commands)
     shards_stream.register(shard_commands)
     pretrain.register(commands)
+    export.register(commands)
+    eval_command.register(commands)
     return parser
 
 

@@ -39,3 +39,24 @@ def accuracy_by_iou(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor
             out[f"{prefix}/{bin_label(lo, hi)}"] = correct[in_bin].float().mean()
     out[f"{prefix}/all"] = correct[mask].float().mean()
     return out
+
+
+def majority_rate(labels: torch.Tensor) -> torch.Tensor:
+    """The chance level of an annotation-argmax prediction: the share of the most frequent label
+    (what always predicting it would score)."""
+    labels = labels.flatten()
+    return (labels == labels.mode().values).float().mean()
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of a 1-d tensor, ties sharing their average rank."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    return ((ends - counts + ends - 1) / 2)[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the (tie-averaged) ranks."""
+    rx, ry = average_ranks(x.flatten()), average_ranks(y.flatten())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))

@@ -19,6 +19,9 @@ from .methods import MethodConfig
 class ModelConfig:
     name: str = "vit_base_patch16_224"  # any timm model name (created without downloaded weights)
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs: img_size, patch_size, ...
+    init: Optional[str] = None  # initial encoder weights: a timm / open_clip / DINO / vispre checkpoint file
+    # the encoder's key prefix in model.init (None: detected; see vispre.models.init_weights)
+    init_prefix: Optional[str] = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .data import build_loader
 from .diagnostics import rankme, srank
 from .methods import build_method
 from .models import build_encoder
+from .models.init_weights import init_encoder
 from .photometric import Photometric
 from .recipe import PretrainConfig
 
@@ -75,11 +76,16 @@ class Trainer:
                              DistributedDataParallelKwargs(find_unused_parameters=False)])
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        self.method = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs))
+        encoder = build_encoder(cfg.model.name, **cfg.model.kwargs)
+        if cfg.model.init:  # before build_method: the EMA copy starts from these weights too
+            init_encoder(encoder, cfg.model.init, cfg.model.init_prefix)
+        self.method = build_method(cfg.method, encoder)
         global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
         self.base_lr = cfg.optim.lr * global_batch / 256
         optimizer = torch.optim.AdamW(param_groups(self.method), lr=self.base_lr, betas=tuple(cfg.optim.betas))
-        self.loader = build_loader(cfg.data, acc.process_index, acc.num_processes)
+        # a method may build its own batches (ICVF samples (s, s', s+, z) inside clips or trajectory arrays)
+        make_loader = getattr(self.method, "build_loader", build_loader)
+        self.loader = make_loader(cfg.data, acc.process_index, acc.num_processes)
         self.curated = build_loader(cfg.curated, acc.process_index, acc.num_processes) if cfg.curated else None
         self.model, self.optimizer = acc.prepare(self.method, optimizer)
         self.step = 0
@@ -153,6 +159,9 @@ class Trainer:
     @torch.no_grad()
     def diagnostics(self) -> dict:
         """srank and RankMe of the target encoder's features on a fixed probe batch."""
+        own = getattr(self.accelerator.unwrap_model(self.model), "diagnostics", None)
+        if own is not None:  # methods whose data are not image views (ICVF: clips, values against distances)
+            return own(self.cfg.data, self.cfg.train.probe_images)
         if self.probe is None:
             from dataclasses import replace
 

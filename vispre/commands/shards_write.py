@@ -102,7 +102,8 @@ def _video_options(group) -> None:
                        help="source frames between consecutive clip frames (default: %(default)s)")
     group.add_argument("--clip-stride", type=int, metavar="N",
                        help="source frames between clip starts (default: the clip span, no overlap)")
-    group.add_argument("--size", type=int, metavar="PX", help="resize frames so the shorter side is SIZE (default: keep)")
+    group.add_argument("--size", type=int, metavar="PX",
+                       help="resize frames so the shorter side is SIZE (default: keep)")
     group.add_argument("--narrations", metavar="FILE",
                        help="CSV or JSON with video_id,start_frame,stop_frame,narration "
                             "(EpicKitchens style); a clip gets the one covering its first frame")

@@ -91,7 +91,8 @@ def label(raw: dict) -> int:
 
 def clip_frames(raw: dict) -> list[bytes]:
     """The frames ``000.jpg, 001.jpg, ...`` of a clip sample, in temporal order."""
-    frames = sorted((ext for ext in raw if ext.split(".")[0].isdigit() and "." in ext), key=lambda e: int(e.split(".")[0]))
+    frames = sorted((ext for ext in raw if ext.split(".")[0].isdigit() and "." in ext),
+                    key=lambda e: int(e.split(".")[0]))
     if not frames:
         raise SkipSample("missing_key", f"no frames (000.jpg, ...) among {sorted(_exts(raw))}")
     return [raw[ext] for ext in frames]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from . import formats
 from .decode import DEFAULT_MAX_PIXELS, check_size, decode_rgb, image_size

@@ -9,7 +9,7 @@ prefetched) is JSON, so checkpoints never need pickle.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist

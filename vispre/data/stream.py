@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -209,7 +209,8 @@ class ShardStream(IterableDataset):
         if samples and limit is None:  # finite epochs keep the last partial batch
             batches += 1
             yield self._batch(samples, slot, position, batches, skips)
-        yield {"__end__": True, "__slot__": slot, "__pos__": position, "__batches__": batches, "__skips__": skips.take()}
+        yield {"__end__": True, "__slot__": slot, "__pos__": position, "__batches__": batches,
+               "__skips__": skips.take()}
 
     def _batch(self, samples, slot, position, batches, skips) -> dict:
         batch = collate(samples)

@@ -10,7 +10,8 @@ data drops (and counts) that sample, a cut between members keeps it.
 from __future__ import annotations
 
 import tarfile
-from typing import Callable, Iterator, IO
+from collections.abc import Callable, Iterator
+from typing import IO
 
 from .skips import SkipCounter
 

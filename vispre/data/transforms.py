@@ -59,7 +59,8 @@ class RandomViews:
         image = _to_chw(array)
         h, w = image.shape[1:]
         all_boxes = torch.cat(boxes)
-        flips = torch.rand(len(all_boxes), generator=generator) < 0.5 if self.flip else torch.zeros(len(all_boxes), dtype=torch.bool)
+        n = len(all_boxes)
+        flips = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         views, i = [], 0
         scale = torch.tensor([w, h, w, h])
         for b, g in zip(boxes, self.groups):

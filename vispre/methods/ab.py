@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..diagnostics import accuracy_by_iou
+from ..diagnostics import accuracy_by_iou, majority_rate
 from ..models import ActionQHead
 from ..views import box_iou, candidate_boxes, relative_action
 from .base import Encoded, Method, SSLMethod, Views, masked, pair_mask, step_generator
@@ -117,7 +117,7 @@ class AB(Method):
             per_pair = F.binary_cross_entropy_with_logits(
                 logits, target[:, None].expand_as(logits), reduction="none").sum(-1)
         loss = per_pair.mean(0)[mask].mean()
-        return loss, self.diagnostics(logits, target, boxes, mask, n_target)
+        return loss, self.value_accuracy(logits, target, boxes, mask, n_target)
 
     def td_target(self, views: Views, teacher: Encoded, n_target: int) -> torch.Tensor:
         """y = (1 - gamma) p_target(l | x2) + gamma max_{a'} Q_target(l | x2, a')."""
@@ -141,12 +141,10 @@ class AB(Method):
         return (1 - gamma) * p + gamma * best
 
     @torch.no_grad()
-    def diagnostics(self, logits, target, boxes, mask, n_target) -> dict:
+    def value_accuracy(self, logits, target, boxes, mask, n_target) -> dict:
         """Value accuracy: argmax_l Q(l | x1, a) == argmax_l p_target(l | x2), by IoU(x1, x2)."""
         correct = logits.argmax(-1) == target.argmax(-1)[:, None]  # [B, V, G]
         iou = box_iou(boxes[:, :, None], boxes[:, None, :n_target])
-        labels = target.argmax(-1)
-        majority = (labels == labels.flatten().mode().values).float().mean()  # chance: always the commonest
         metrics = accuracy_by_iou(correct, iou, mask[None].expand_as(correct), self.cfg.iou_bins, "value_acc")
-        metrics["value_acc/chance"] = majority
+        metrics["value_acc/chance"] = majority_rate(target.argmax(-1))
         return metrics

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
-from ..diagnostics import accuracy_by_iou
+from ..diagnostics import accuracy_by_iou, majority_rate
 from ..models import Encoder
 from ..photometric import Photometric
 from ..views import box_iou
@@ -184,7 +184,7 @@ class SSLMethod(Method):
             boxes = views.boxes
             iou = box_iou(boxes[:, :, None], boxes[:, None, :n_target])
             mask = pair_mask(boxes.shape[1], n_target, boxes.device)[None].expand_as(correct)
-            return accuracy_by_iou(correct, iou, mask, edges, "crop_acc")
+            return {**accuracy_by_iou(correct, iou, mask, edges, "crop_acc"), "crop_acc/chance": majority_rate(target)}
 
     # -- one step ---------------------------------------------------------------------------------
     def encode_step(self, batch: dict) -> tuple[Views, Encoded, Encoded]:

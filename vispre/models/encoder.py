@@ -59,6 +59,8 @@ class Encoder(nn.Module):
             self.timm_model, self.model_args = _create(name, dynamic_img_size, kwargs)
         else:
             self.timm_model, self.model_args = timm_model, dict(kwargs)
+            if dynamic_img_size is not None:
+                self.model_args["dynamic_img_size"] = dynamic_img_size
         # Rebuild recipe: timm.create_model(name, num_classes=0, **model_args); export adds
         # num_classes itself, as timm's hub config keeps it outside model_args.
         self.num_features = self.timm_model.num_features

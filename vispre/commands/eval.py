@@ -1,0 +1,99 @@
+"""``vispre eval EVAL_RECIPE --encoder DIR [key=value ...]``: score an exported encoder.
+
+Features are extracted once per split and cached; the linear-probe grid, kNN and few-shot probes run
+on them; ``OUT/results.json`` holds the scores with their protocol, next to PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("vispre.eval")
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", metavar="DIR", default=None,
+                        help="an exported encoder folder (config.json + model.safetensors); required")
+    parser.add_argument("--random-init", action="store_true", default=None,
+                        help="the same architecture with random weights (seeded by the recipe's seed): the baseline")
+    parser.add_argument("--output", metavar="DIR", default=None,
+                        help="where results.json and the plots go (default: output_dir, else "
+                             "ENCODER/eval/NAME, NAME-random-init with --random-init)")
+    parser.add_argument("--append-to-card", action="store_true", default=None,
+                        help="add the scores and their protocol to the export's scores.json and model card")
+    parser.add_argument("--print-config", action="store_true", default=None, help="print the resolved recipe and exit")
+    parser.add_argument("--progress", action="store_true", default=None, help="progress bars during feature extraction")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval", help="score an exported encoder: linear-probe grid, kNN, few-shot (recipes in eval/)",
+        description="Evaluate the encoder exported in DIR ('vispre export') with an evaluation recipe (eval/*.yaml): "
+                    "DINOv2's grid of linear heads trained in one pass over cached frozen features, DINO's kNN, "
+                    "few-shot logistic regression. key=value arguments override recipe fields, e.g. "
+                    "'linear.epochs=5 features.batch_size=64 test.limit=500'.")
+    parser.add_argument("recipe", help="evaluation recipe YAML (eval/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
+    _options(parser)
+    # argparse fills positionals greedily: in 'RECIPE --encoder DIR k=v' the (empty) overrides are taken before
+    # k=v arrives and k=v would be an error. Whatever follows the first option is kept here and re-read by run().
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _merge_rest(args: argparse.Namespace) -> argparse.Namespace:
+    """Options and key=value arguments in any order: re-read what the first parse left in ``rest``."""
+    if args.rest:
+        tail = argparse.ArgumentParser(prog="vispre eval")
+        tail.add_argument("overrides", nargs="*")
+        _options(tail)
+        more = tail.parse_intermixed_args(args.rest)
+        for key, value in vars(more).items():
+            if key == "overrides":
+                args.overrides = list(args.overrides) + list(value)
+            elif value is not None:
+                setattr(args, key, value)
+    for flag in ("random_init", "append_to_card", "print_config", "progress"):
+        setattr(args, flag, bool(getattr(args, flag)))
+    if not args.encoder and not args.print_config:
+        raise SystemExit("vispre eval: error: --encoder DIR is required")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import ConfigError, load_config, to_yaml
+    from ..evaluation import EvalConfig, evaluate
+    from ..evaluation.config import check_config
+    from ..export import load_encoder
+
+    args = _merge_rest(args)
+    cfg = load_config(EvalConfig, args.recipe, args.overrides)
+    check_config(cfg)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    if args.append_to_card and args.random_init:
+        raise ConfigError("--append-to-card with --random-init would put a random encoder's scores on this "
+                          "model's card; write them with --output instead")
+    torch.manual_seed(cfg.seed)  # the random-init draw (and nothing else random happens before this)
+    encoder = load_encoder(args.encoder, random_init=args.random_init)
+    suffix = "-random-init" if args.random_init else ""
+    out = Path(args.output or cfg.output_dir or Path(args.encoder) / "eval" / f"{cfg.name}{suffix}")
+    encoder_info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init,
+                    "random_init_seed": cfg.seed if args.random_init else None}
+    results = evaluate(cfg, encoder, out, encoder_info=encoder_info, progress=args.progress)
+    print(results["table"])
+    print(f"results: {out / 'results.json'}" + (f"; plots: {', '.join(results['plots'])}" if results["plots"] else ""))
+    if args.append_to_card:
+        from ..export import append_scores
+
+        protocol = {k: v for k, v in results["protocol"].items() if k != "host"}
+        protocol["features"] = {k: v for k, v in protocol["features"].items() if k != "cache"}
+        card = append_scores(args.encoder, cfg.name, results["scores"], protocol)
+        print(f"scores added to {card} and the model card")
+    return 0

@@ -1,0 +1,48 @@
+"""``vispre export RUN_OR_CHECKPOINT OUT_DIR``: an encoder folder that plain timm loads."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export", help="export a pretrained encoder as a timm folder (config.json + model.safetensors)",
+        description="Write the encoder of a run's newest checkpoint (or of the given checkpoint directory) "
+                    "to OUT_DIR: config.json and model.safetensors that timm.create_model('local-dir:OUT_DIR', "
+                    "pretrained=True) loads without vispre, and a model card (README.md) with the recipe, "
+                    "data, steps and scores.")
+    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                        help="a run directory (train.output_dir) or one checkpoint-XXXXXXXX directory")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (an earlier export there is replaced)")
+    parser.add_argument("--which", choices=("ema", "online"), default="ema",
+                        help="the EMA / target (teacher) network (default) or the online (student) one")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write model.onnx (pooled features), checked with onnxruntime when installed")
+    parser.add_argument("--push-to-hub", metavar="REPO", default=None,
+                        help="upload the folder to this Hugging Face Hub model repo (needs huggingface_hub, a login)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files, upload nothing")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export
+    from ..hub import push_to_hub
+
+    if args.dry_run and not args.push_to_hub:
+        raise SystemExit("vispre export: --dry-run only applies to --push-to-hub")
+    try:
+        out = export(args.checkpoint, args.out_dir, which=args.which, onnx=args.onnx)
+    except (FileNotFoundError, FileExistsError) as e:  # a wrong path: the message says it all
+        raise SystemExit(f"vispre export: {e}") from e
+    print(f"exported the {args.which} encoder to {out}\n"
+          f"  timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
+    if args.push_to_hub:
+        files = push_to_hub(out, args.push_to_hub, dry_run=args.dry_run, private=args.private)
+        verb = "would upload" if args.dry_run else "uploaded"
+        print(f"{verb} to https://huggingface.co/{args.push_to_hub}:")
+        for name, size in files:
+            print(f"  {name} ({size:,} bytes)")
+    return 0

@@ -1,0 +1,135 @@
+"""An evaluation recipe (``eval/*.yaml``): which data, which transform, which probes (typed).
+
+``vispre eval RECIPE --encoder DIR key=value ...`` fills :class:`EvalConfig` from the YAML
+(``_base_:`` inheritance) and the overrides; an unknown key is an error that names it.
+Defaults follow DINOv2's linear protocol and DINO's kNN unless marked "ours".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# DINOv2 eval/linear.py: 13 learning rates, scaled by the batch size / 256
+DINOV2_LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
+TASKS = ("single", "multi")  # single-label classes | multi-label (multi-hot targets)
+SOURCE_KINDS = ("shards", "folder", "cifar10", "cifar100", "hf")
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "shards"  # shards | folder | cifar10 | cifar100 | hf
+    # shards: a shard spec (vispre.data.urls); folder: class sub-folders (ImageNet's train/ or val/);
+    # cifar10/100: the folder holding cifar-10-batches-py/ (or that folder); hf: save_to_disk folder or hub name
+    path: str = "???"
+    split: str = ""  # cifar: train | test; hf: the split (a DatasetDict on disk, or load_dataset)
+    format: str = "labelled"  # shards: labelled (KEY.cls) | json (multi-label: KEY.json[label_key])
+    image_key: str = "image"  # hf: the image column
+    label_key: str = "label"  # hf: the label column; shards json: the key holding a list of labels
+    limit: Optional[int] = None  # only the first N samples (quick runs)
+
+
+@dataclass
+class TransformConfig:
+    """Resize the shorter side to size / crop_pct, centre-crop size, normalise. Unset fields come from
+    the encoder's pretrained_cfg (input_size, crop_pct, interpolation, mean, std), as timm does."""
+
+    size: Optional[int] = None
+    crop_pct: Optional[float] = None
+    interpolation: Optional[str] = None  # bilinear | bicubic | nearest
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+
+@dataclass
+class FeatureConfig:
+    batch_size: int = 256
+    workers: int = 2  # loader processes (0: decode in the main process)
+    n_last_blocks: int = 4  # pooled features stored per block (the probe grid uses the last 1 and 4)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | fp32 | bf16
+    store_dtype: str = "float32"  # float32 | float16 | bfloat16: the cached files (ImageNet: float16 halves them)
+    cache: bool = True
+    cache_dir: Optional[str] = None  # default $VISPRE_CACHE or ~/.cache/vispre/features
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 ...
+
+
+@dataclass
+class LinearConfig:
+    """DINOv2's grid, all heads trained together on frozen features (no augmentation: cached features)."""
+
+    enabled: bool = True
+    learning_rates: list[float] = field(default_factory=lambda: list(DINOV2_LRS))
+    n_last_blocks: list[int] = field(default_factory=lambda: [1, 4])
+    avgpool: list[bool] = field(default_factory=lambda: [False, True])  # + mean-pooled patch tokens
+    epochs: int = 10
+    batch_size: int = 1024
+    momentum: float = 0.9
+    scale_lr: bool = True  # lr x batch_size / 256 (DINOv2)
+
+
+@dataclass
+class KnnConfig:
+    """DINO's weighted kNN on the last block's pooled feature (cosine similarity)."""
+
+    enabled: bool = True
+    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    temperature: float = 0.07
+    report_k: int = 20  # the k shown in the summary (fixed in advance, not chosen on test); all ks are saved
+    chunk: int = 512  # test images per similarity block
+
+
+@dataclass
+class FewshotConfig:
+    """n labelled images per class, several draws: L2-regularised logistic regression (L-BFGS) on the
+    L2-normalised last-block feature (ours: CLIP's few-shot protocol uses logistic regression too)."""
+
+    enabled: bool = False
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    tries: int = 5
+    l2: float = 1e-3  # weight decay on the head's weights
+    max_iter: int = 100  # L-BFGS iterations
+
+
+@dataclass
+class EvalConfig:
+    name: str = "eval"
+    task: str = "single"  # single | multi
+    num_classes: Optional[int] = None  # default: from the data (required for multi-label)
+    train: SourceConfig = field(default_factory=SourceConfig)
+    val: Optional[SourceConfig] = None  # none: hold out val_fraction of train (seeded)
+    test: SourceConfig = field(default_factory=SourceConfig)
+    val_fraction: float = 0.1
+    seed: int = 0
+    output_dir: Optional[str] = None  # default: ENCODER_DIR/eval/NAME (NAME-random-init for --random-init)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Value checks the types cannot express; errors name the field."""
+    from ..config import ConfigError
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task: must be one of {TASKS}, got {cfg.task!r}")
+    if cfg.task == "multi" and not cfg.num_classes:
+        raise ConfigError("num_classes: required for task=multi (the length of the multi-hot target)")
+    for name in ("train", "val", "test"):
+        source = getattr(cfg, name)
+        if source is not None and source.kind not in SOURCE_KINDS:
+            raise ConfigError(f"{name}.kind: must be one of {SOURCE_KINDS}, got {source.kind!r}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.linear.enabled and (not cfg.linear.learning_rates or not cfg.linear.n_last_blocks or not cfg.linear.avgpool):
+        raise ConfigError("linear: learning_rates, n_last_blocks and avgpool must not be empty")
+    if cfg.linear.enabled and max(cfg.linear.n_last_blocks) > cfg.features.n_last_blocks:
+        raise ConfigError(f"linear.n_last_blocks: {max(cfg.linear.n_last_blocks)} blocks but features.n_last_blocks "
+                          f"stores only {cfg.features.n_last_blocks}")
+    if cfg.knn.enabled and cfg.knn.report_k not in cfg.knn.ks:
+        raise ConfigError(f"knn.report_k: {cfg.knn.report_k} is not among knn.ks {cfg.knn.ks}")
+    if cfg.features.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"features.precision: auto | fp32 | bf16, got {cfg.features.precision!r}")
+    if cfg.features.store_dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"features.store_dtype: float32 | float16 | bfloat16, got {cfg.features.store_dtype!r}")

@@ -1,0 +1,267 @@
+"""Labelled image sources for evaluation -> batches of (uint8 images, targets).
+
+A source knows its ``identity`` (what the feature cache is keyed on and the protocol records) and
+yields ``(images uint8 [B, 3, S, S], targets)`` through an :class:`EvalTransform`. Targets are int64
+class indices [B] (task "single") or float multi-hot vectors [B, C] (task "multi").
+
+* ``shards``: webdataset shards through vispre.data's finite (non-resampled) stream; ``labelled``
+  samples (KEY.cls) or multi-label lists in KEY.json (the demo scenes' ``{"labels": [3, 7]}``).
+* ``folder``: class sub-folders (ImageNet's train/ and val/ in their standard layout).
+* ``cifar10`` / ``cifar100``: the official python-pickle batches, read with a restricted unpickler.
+* ``hf``: a Hugging Face ``datasets`` dataset saved with save_to_disk, or by name when online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.sources.base import read_bytes
+from .cifar import NUM_CLASSES, read_cifar, split_files
+from .config import SourceConfig
+from .transform import EvalTransform
+
+log = logging.getLogger("vispre.evaluation")
+
+
+def to_targets(labels: list, task: str, num_classes: int | None, where: str) -> torch.Tensor:
+    """Ints -> int64 [B]; lists of ints -> float multi-hot [B, num_classes]."""
+    if task == "single":
+        return torch.as_tensor([int(v) for v in labels], dtype=torch.int64)
+    target = torch.zeros(len(labels), num_classes)
+    for row, value in enumerate(labels):
+        value = [value] if isinstance(value, int) else list(value)
+        if any(not 0 <= int(v) < num_classes for v in value):
+            raise ValueError(f"{where}: label {value} outside [0, {num_classes})")
+        target[row, [int(v) for v in value]] = 1.0
+    return target
+
+
+def file_digest(paths: list[Path]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Images(Dataset):
+    """Map-style: item i -> (uint8 crop, label) through the transform (runs in loader workers)."""
+
+    def __init__(self, source: IndexedSource, transform: EvalTransform):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        image, label = self.source.item(index)
+        try:
+            return self.transform.image(image), label
+        except Exception as e:
+            raise ValueError(f"{self.source.where(index)}: {e}") from e
+
+
+def _collate(items):
+    return torch.stack([image for image, _ in items]), [label for _, label in items]
+
+
+class IndexedSource:
+    """Sources with random access: ``item(i) -> (bytes | array | PIL image, label)``."""
+
+    task = "single"
+    num_classes: int | None = None
+    classes: list[str] | None = None  # class names in index order, when the data has them
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def item(self, index: int):
+        raise NotImplementedError
+
+    def where(self, index: int) -> str:
+        return f"item {index}"
+
+    def batches(self, transform: EvalTransform, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        loader = DataLoader(_Images(self, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_collate)
+        for images, labels in loader:
+            yield images, to_targets(labels, self.task, self.num_classes, self.describe())
+
+
+class FolderSource(IndexedSource):
+    """Class sub-folders under ``root``; classes are the sorted folder names (ImageFolder's order)."""
+
+    def __init__(self, root: str, limit: int | None = None):
+        from ..data.sources.images import ImageFolderSource
+
+        listing = ImageFolderSource(root, labels=True)
+        self.root, self.classes = Path(root), listing.classes
+        self.items = [(rel, label) for rel, _, label in listing.items][:limit]
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, index: int):
+        rel, label = self.items[index]
+        return read_bytes(self.root / rel), label
+
+    def where(self, index: int) -> str:
+        return str(self.root / self.items[index][0])
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def identity(self) -> dict:
+        """The file list and labels, not the bytes (hashing ImageNet's 140 GB on every run would take minutes)."""
+        listing = hashlib.blake2b("\n".join(f"{r}\t{c}" for r, c in self.items).encode(), digest_size=16)
+        return {"kind": "folder", "path": str(self.root.resolve()), "samples": len(self.items),
+                "classes": len(self.classes), "files": listing.hexdigest()}
+
+
+class CifarSource(IndexedSource):
+    def __init__(self, root: str, kind: str, split: str, limit: int | None = None):
+        self.root, self.kind, self.split = root, kind, split
+        self.files = split_files(root, kind, split)
+        self.images, self.labels = read_cifar(root, kind, split)
+        self.images, self.labels = self.images[:limit], self.labels[:limit]
+        self.num_classes = NUM_CLASSES[kind]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def item(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.split} ({self.root})"
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "split": self.split, "path": str(Path(self.root).resolve()),
+                "samples": len(self.labels), "content": file_digest(self.files)}
+
+
+class HFSource(IndexedSource):
+    """A ``datasets.Dataset``; the label column holds ints (single) or lists of ints (multi-label)."""
+
+    def __init__(self, path: str, split: str, image_key: str, label_key: str, task: str, num_classes: int | None,
+                 limit: int | None = None):
+        import datasets
+
+        from ..data.sources.images import load_hf
+
+        if not Path(path).exists() and (os.environ.get("HF_HUB_OFFLINE") == "1"
+                                        or os.environ.get("HF_DATASETS_OFFLINE") == "1"):
+            raise FileNotFoundError(f"hf dataset {path!r}: no such folder, and loading by name is off "
+                                    "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1)")
+        ds = load_hf(path, split or None)
+        for column in (image_key, label_key):
+            if column not in ds.column_names:
+                raise KeyError(f"hf dataset {path}: no column {column!r} (columns: {ds.column_names})")
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        feature = ds.features[label_key]
+        if isinstance(feature, datasets.ClassLabel):
+            num_classes, self.classes = num_classes or feature.num_classes, list(feature.names)
+        self.ds, self.path, self.split, self.image_key, self.label_key = ds, path, split, image_key, label_key
+        self.task, self.num_classes = task, num_classes
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def item(self, index: int):
+        from ..data.sources.images import hf_image_bytes
+
+        row = self.ds[index]
+        return hf_image_bytes(row[self.image_key], self.where(index)), row[self.label_key]
+
+    def where(self, index: int) -> str:
+        return f"{self.path}[{index}].{self.image_key}"
+
+    def describe(self) -> str:
+        return f"hf {self.path} {self.split}"
+
+    def identity(self) -> dict:
+        return {"kind": "hf", "path": self.path, "split": self.split, "samples": len(self.ds),
+                "fingerprint": self.ds._fingerprint, "columns": [self.image_key, self.label_key]}
+
+
+class ShardSource:
+    """Labelled webdataset shards, read once in order by vispre.data's finite stream."""
+
+    def __init__(self, spec: str, format: str, label_key: str, task: str, num_classes: int | None,
+                 limit: int | None = None):
+        from ..data.urls import parse_spec
+
+        if format not in ("labelled", "json"):
+            raise ValueError(f"shards format must be 'labelled' (KEY.cls) or 'json' (KEY.json[{label_key!r}]), "
+                             f"got {format!r}")
+        self.spec, self.format, self.label_key, self.limit = spec, format, label_key, limit
+        self.task, self.num_classes = task, num_classes
+        self.sources = parse_spec(spec)
+
+    def describe(self) -> str:
+        return f"shards {self.spec}"
+
+    def identity(self) -> dict:
+        """Shard URLs, sizes.json and, for local files, their size and modification time (not the bytes)."""
+        urls = [u for s in self.sources for u in s.urls]
+        files = {u: [os.stat(u).st_size, os.stat(u).st_mtime_ns] for u in urls if os.path.isfile(u)}
+        sizes = {u: n for s in self.sources for u, n in (s.sizes or {}).items()}
+        return {"kind": "shards", "spec": self.spec, "shards": len(urls), "urls": urls, "files": files, "sizes": sizes,
+                "format": self.format, "label_key": self.label_key, "limit": self.limit}
+
+    def labels(self, batch: dict) -> list:
+        if self.format == "labelled":
+            return batch["cls"].tolist()
+        found = []
+        for key, meta in zip(batch["__key__"], batch["json"]):
+            if self.label_key not in meta:
+                raise KeyError(f"{self.spec}: sample {key} has no {self.label_key!r} in its json")
+            found.append(meta[self.label_key])
+        return found
+
+    def batches(self, transform: EvalTransform, batch_size: int, workers: int):
+        from ..data import DataConfig, build_loader
+
+        shards = sum(len(s.urls) for s in self.sources)
+        config = DataConfig(spec=self.spec, format="labelled" if self.format == "labelled" else "image",
+                            resampled=False, batch_size=batch_size, workers=min(workers, shards),
+                            shuffle_buffer=0, shard_shuffle=False, even_batches=False)
+        loader, seen = build_loader(config, transform=transform), 0
+        for batch in loader:
+            keep = batch["valid"]
+            images, labels = batch["image"][keep], [v for v, k in zip(self.labels(batch), keep.tolist()) if k]
+            if self.limit is not None:
+                images, labels = images[:self.limit - seen], labels[:self.limit - seen]
+            seen += len(labels)
+            if labels:
+                yield images, to_targets(labels, self.task, self.num_classes, self.describe())
+            if self.limit is not None and seen >= self.limit:
+                break
+        skipped = loader.epochs[-1]["skipped"] if loader.epochs else None
+        if skipped and skipped["samples"]:
+            log.warning("%s: %d unreadable samples skipped %s", self.describe(), skipped["samples"], skipped["reasons"])
+
+
+def build_source(cfg: SourceConfig, task: str, num_classes: int | None):
+    if cfg.kind == "shards":
+        return ShardSource(cfg.path, cfg.format, cfg.label_key, task, num_classes, cfg.limit)
+    if task == "multi" and cfg.kind in ("folder", "cifar10", "cifar100"):
+        raise ValueError(f"{cfg.kind} sources have one class per image; task=multi needs shards (json) or hf")
+    if cfg.kind == "folder":
+        return FolderSource(cfg.path, cfg.limit)
+    if cfg.kind in ("cifar10", "cifar100"):
+        return CifarSource(cfg.path, cfg.kind, cfg.split or "train", cfg.limit)
+    if cfg.kind == "hf":
+        return HFSource(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit)
+    raise ValueError(f"unknown source kind {cfg.kind!r}")

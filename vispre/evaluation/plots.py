@@ -1,0 +1,72 @@
+"""PNG plots of an evaluation: probe score per learning rate (a line per input variant) and kNN
+score per k. matplotlib's object API with the Agg canvas: no global backend switch, no display.
+Without matplotlib (``pip install vispre[eval]``) the plots are skipped with a warning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("vispre.evaluation")
+
+
+def _figure():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install 'vispre[eval]')")
+        return None
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    figure.tight_layout()
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_probe(linear: dict, metric: str, path: str | Path, title: str = "") -> Path | None:
+    """Val (solid) and test (dashed) ``metric`` per base learning rate; the chosen head circled."""
+    figure = _figure()
+    if figure is None:
+        return None
+    axes = figure.add_subplot()
+    variants = list(dict.fromkeys(row["variant"] for row in linear["heads"]))
+    for i, variant in enumerate(variants):
+        rows = [r for r in linear["heads"] if r["variant"] == variant]
+        lrs = [r["lr"] for r in rows]
+        colour = f"C{i}"
+        axes.plot(lrs, [r["val"][metric] for r in rows], "o-", color=colour, label=f"{variant} (val)")
+        axes.plot(lrs, [r["test"][metric] for r in rows], "--", color=colour, alpha=0.6, label=f"{variant} (test)")
+    best = linear["best"]
+    axes.plot([best["lr"]], [best["val"][metric]], "o", markersize=14, markerfacecolor="none", color="k",
+              label=f"chosen: {best['variant']}, lr {best['lr']:g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("base learning rate (x batch/256)" if best["lr_scaled"] != best["lr"] else "learning rate")
+    axes.set_ylabel(f"{metric} (%)")
+    axes.set_title(title or "linear probe")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    return _save(figure, Path(path))
+
+
+def plot_knn(knn: dict, metric: str, path: str | Path, title: str = "") -> Path | None:
+    figure = _figure()
+    if figure is None:
+        return None
+    axes = figure.add_subplot()
+    ks = sorted(int(k) for k in knn["per_k"])
+    axes.plot(ks, [knn["per_k"][str(k)][metric] for k in ks], "o-")
+    axes.set_xscale("log")
+    axes.set_xticks(ks, [str(k) for k in ks])
+    axes.set_xlabel("k (neighbours)")
+    axes.set_ylabel(f"{metric} (%)")
+    axes.set_title(title or "kNN")
+    axes.grid(alpha=0.3)
+    return _save(figure, Path(path))

@@ -1,0 +1,234 @@
+"""A pretraining checkpoint -> an encoder folder that plain timm loads, without vispre installed.
+
+The folder holds what ``timm.create_model("local-dir:DIR", pretrained=True)`` reads (a timm with the
+``local-dir:`` source; on older ones ``timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=
+dict(file=DIR + "/model.safetensors"), **model_args)`` with config.json's architecture and model_args):
+
+    config.json         architecture, num_classes=0, num_features, global_pool, model_args and a
+                        pretrained_cfg with the input size, mean/std, interpolation and crop we trained with
+    model.safetensors   the encoder's timm state dict only (no heads, no optimizer)
+    README.md           a model card: recipe, method, data, steps, which copy, scores (vispre.model_card)
+    export.json         vispre's provenance of the export (recipe, step, copy, extra modules)
+    scores.json         scores added by ``vispre eval`` (``append_scores``)
+    NAME.safetensors    extra modules a method chooses to export, each with NAME.json (see ``export``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file, save_model
+from timm.models._hub import save_config_for_hf  # timm exports it from this module only
+
+from . import __version__
+from .checkpoint import find_checkpoint, load_checkpoint
+from .config import ConfigError, load_config
+from .methods import Method, build_method
+from .model_card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
+from .models import Encoder, build_encoder
+from .photometric import IMAGENET_MEAN, IMAGENET_STD
+from .recipe import PretrainConfig
+
+log = logging.getLogger("vispre.export")
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+WHICH = ("ema", "online")
+# file stems extra modules may not take: ours, and the weight files timm's local-dir loader looks for
+RESERVED = ("model", "config", "export", "scores", "README", "pytorch_model", "open_clip_model",
+            "open_clip_pytorch_model")
+# pretrained_cfg keys that describe how to feed the model; timm's registry cfg also carries the
+# *release's* tag, licence, paper and URLs, which do not describe our weights and are dropped.
+INPUT_KEYS = ("input_size", "fixed_input_size", "min_input_size", "interpolation", "crop_pct", "crop_mode",
+              "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "custom_load")
+
+
+# -- from a run to a method with its weights ---------------------------------------------------------
+def find_export_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or the newest checkpoint of a run (``RUN`` or ``RUN/checkpoints``)."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    for directory in (path / "checkpoints", path):
+        found = find_checkpoint(directory) if directory.is_dir() else None
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"{path} is neither a vispre checkpoint (a directory with state.json) nor a run "
+                            f"with checkpoints under {path / 'checkpoints'}")
+
+
+def load_method(checkpoint: str | Path) -> tuple[Method, PretrainConfig, dict]:
+    """Rebuild the method from the checkpoint's own resolved recipe and load its weights (strict)."""
+    checkpoint = Path(checkpoint)
+    state = json.loads((checkpoint / "state.json").read_text())
+    if "config" not in state:
+        raise ValueError(f"{checkpoint / 'state.json'} has no 'config': cannot rebuild the model it holds")
+    try:
+        cfg = load_config(PretrainConfig, **OmegaConf.to_container(OmegaConf.create(state["config"])))
+    except ConfigError as e:
+        raise ConfigError(f"{checkpoint / 'state.json'} config: {e}") from e
+    # model.init (a foreign initialisation) is not applied: the checkpoint's weights replace it anyway
+    method = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs))
+    load_checkpoint(checkpoint, method)
+    return method.eval(), cfg, state
+
+
+def input_config(cfg: PretrainConfig) -> dict:
+    """The preprocessing the encoder saw in training, in timm's pretrained_cfg terms.
+
+    Size: the largest (global) crop, a fixed eval size, or the side of clip / trajectory frames. vispre normalises
+    with ImageNet mean/std (vispre.photometric) and resizes with torchvision's bilinear antialias.
+    """
+    data = cfg.data
+    if data.format in ("clip", "trajectories"):  # video frames / offline-RL observations, whole frames
+        size, crop_pct = data.frame_size, 1.0
+    else:
+        size, crop_pct = data.eval_size or max(v.size for v in data.views), data.crop_pct
+    return {"input_size": (3, size, size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "interpolation": "bilinear", "crop_pct": crop_pct, "crop_mode": "center"}
+
+
+# -- the folder ----------------------------------------------------------------------------------------
+def save_encoder(encoder: Encoder, directory: Path, data_config: dict) -> None:
+    """config.json + model.safetensors as timm's own ``save_for_hf`` writes them; pretrained_cfg is then
+    cut to the input keys."""
+    config_file = directory / CONFIG
+    save_config_for_hf(encoder.timm_model, str(config_file), data_config=data_config)
+    config = json.loads(config_file.read_text())
+    config["pretrained_cfg"] = {k: v for k, v in config["pretrained_cfg"].items() if k in INPUT_KEYS}
+    config_file.write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.timm_model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
+
+
+def save_modules(modules: dict[str, torch.nn.Module], directory: Path, which: str) -> dict:
+    """NAME.safetensors + NAME.json per extra module; returns {NAME: description}."""
+    described = {}
+    for name, module in modules.items():
+        if not name.isidentifier() or name in RESERVED:
+            raise ValueError(f"export_modules: module name {name!r} must be an identifier and not a reserved name")
+        save_model(module, str(directory / f"{name}.safetensors"))
+        described[name] = {
+            "class": f"{type(module).__module__}.{type(module).__qualname__}", "which": which,
+            "parameters": sum(p.numel() for p in module.parameters()),
+            "tensors": {k: list(v.shape) for k, v in module.state_dict().items()}}
+        (directory / f"{name}.json").write_text(json.dumps(described[name], indent=1))
+    return described
+
+
+def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "ema", scores: dict | None = None,
+           onnx: bool = False) -> Path:
+    """Write the encoder of a run's newest checkpoint (or of a given checkpoint) to ``out_dir``.
+
+    ``which``: "ema" (the target/teacher copy, what DINO-style papers evaluate) or "online" (the
+    student). ``scores``: {name: {"scores": {...}, "protocol": {...}}} to put on the card at once.
+    ``onnx``: also write model.onnx (the pooled feature; see vispre.export_onnx).
+
+    Extra modules: a method may define ``export_modules(which) -> dict[str, nn.Module]`` (e.g. ICVF's
+    phi head); each is written as ``NAME.safetensors`` (its state dict) and ``NAME.json`` (class,
+    which copy, parameter count, tensor shapes), and listed on the model card. Read one back with
+    ``load_module(out_dir, NAME, module)``.
+
+    The folder is assembled under a temporary name and renamed into place; an existing export at
+    ``out_dir`` is replaced (its scores belonged to other weights), anything else there is an error.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    out = Path(out_dir)
+    _check_target(out)
+    checkpoint = find_export_checkpoint(run_or_checkpoint)
+    method, cfg, state = load_method(checkpoint)
+    encoder = method.export_encoder(which)
+    data_config = input_config(cfg)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_encoder(encoder, tmp, data_config)
+        hook = getattr(method, "export_modules", None)
+        modules = save_modules(hook(which), tmp, which) if hook is not None else {}
+        if onnx:
+            from .export_onnx import export_onnx
+
+            export_onnx(encoder, tmp / "model.onnx", data_config["input_size"])
+        provenance = {
+            "vispre_version": __version__, "checkpoint": str(checkpoint.resolve()), "step": state.get("step"),
+            "which": which, "recipe": cfg.name, "method": cfg.method.name,
+            "base": cfg.method.base if cfg.method.name == "ab" else None, "architecture": encoder.name,
+            "model_args": json.loads(json.dumps(encoder.model_args)), "steps_planned": cfg.train.steps,
+            "data": {"spec": cfg.data.spec, "format": cfg.data.format}, "input": data_config,
+            "modules": modules, "onnx": onnx, "recipe_yaml": state["config"]}
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+        if scores:
+            (tmp / SCORES).write_text(json.dumps(scores, indent=1))
+        write_card(tmp)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported the %s encoder of %s to %s", which, checkpoint, out)
+    return out
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PROVENANCE).exists())):
+        raise FileExistsError(f"{out} exists and is not a vispre export: choose an empty or new directory")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place; an older export is moved aside first, then deleted."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in tmp.iterdir():  # safetensors writes 0600; an export is meant to be read by others
+        file.chmod(0o666 & ~umask)
+    old = out.parent / f".old-{out.name}-{os.getpid()}"
+    if out.exists() and any(out.iterdir()):
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- reading an export back ------------------------------------------------------------------------------
+def load_encoder(path: str | Path, random_init: bool = False) -> Encoder:
+    """An exported folder as a vispre Encoder (in eval mode), through timm's own ``local-dir:`` loader.
+
+    ``random_init=True`` builds the same architecture from config.json without loading the weights
+    (the "random encoder" baseline; seed with ``torch.manual_seed`` first for a fixed draw).
+    """
+    path = Path(path)
+    config_file = path / CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not an exported encoder: no {CONFIG} (make one with 'vispre export')")
+    if not random_init and not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path} has no {WEIGHTS}: cannot load the exported weights")
+    config = json.loads(config_file.read_text())
+    model = timm.create_model(f"local-dir:{path}", pretrained=not random_init)
+    # Encoder's model_args are the rebuild recipe without num_classes (Encoder always passes 0)
+    model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
+    pretrained_cfg = dict(model.pretrained_cfg)  # what the export says, not what Encoder would infer
+    encoder = Encoder(config["architecture"], timm_model=model, **model_args)
+    encoder.model_args = model_args  # Encoder's own dynamic_img_size argument would otherwise drop out
+    model.pretrained_cfg = pretrained_cfg
+    return encoder.eval()
+
+
+def load_module(path: str | Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    """Load an extra exported module (``NAME.safetensors``) into ``module`` built by the caller (strict)."""
+    from safetensors.torch import load_model
+
+    file = Path(path) / f"{name}.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: the export has no module {name!r}")
+    missing, unexpected = load_model(module, str(file), strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{file} does not match {type(module).__name__}: missing {sorted(missing)[:10]}, "
+                       f"unexpected {sorted(unexpected)[:10]}")
+    return module

@@ -24,8 +24,14 @@ demo: $(STAMP)
 	$(VENV)/bin/vispre shards inspect $(DEMO)/data/scenes --decode
 	$(VENV)/bin/vispre shards stream $(DEMO)/data/scenes --samples-per-epoch 4000 --crop 48 --crops 2 --batch-size 64
 	$(VENV)/bin/vispre pretrain recipes/demo/ab_dino.yaml data.spec=$(DEMO)/data/scenes train.output_dir=$(DEMO)/ab_dino
+	$(VENV)/bin/vispre export $(DEMO)/ab_dino $(DEMO)/export
+	$(VENV)/bin/vispre eval eval/demo_digits.yaml --encoder $(DEMO)/export --append-to-card \
+		train.path=$(DEMO)/data/digits-train test.path=$(DEMO)/data/digits-test
+	$(VENV)/bin/vispre eval eval/demo_scenes.yaml --encoder $(DEMO)/export --append-to-card \
+		train.path=$(DEMO)/data/scenes test.path=$(DEMO)/data/scenes-val
 	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, digits-train/, digits-test/)"
 	@echo "AB_DINO run: $(DEMO)/ab_dino (checkpoints/, metrics.jsonl, tensorboard events)"
+	@echo "exported encoder (timm local-dir): $(DEMO)/export; scores and plots: $(DEMO)/export/eval/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,9 +1,10 @@
-"""Diagnostics logged during pretraining: value accuracy by crop IoU, srank and RankMe.
+"""Diagnostics logged during pretraining: value accuracy by crop IoU, srank, RankMe, Spearman.
 
 srank (Kumar et al. 2021): with singular values s_1 >= s_2 >= ... of a feature matrix,
     srank_delta = min { k : sum_{i<=k} s_i / sum_i s_i >= 1 - delta },   delta = 0.01.
 RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values,
     p_i = s_i / sum_j s_j + eps,   RankMe = exp(-sum_i p_i log p_i).
+Spearman's rank correlation (ICVF values against temporal distances): Pearson's correlation of ranks.
 """
 
 from __future__ import annotations

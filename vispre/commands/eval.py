@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ..export import load_encoder
 
     args = _merge_rest(args)
+    if recipe_kind(args.recipe) == "offline_rl":
+        return run_offline_rl(args)
     cfg = load_config(EvalConfig, args.recipe, args.overrides)
     check_config(cfg)
     if args.print_config:
@@ -96,4 +98,31 @@ def run(args: argparse.Namespace) -> int:
         protocol["features"] = {k: v for k, v in protocol["features"].items() if k != "cache"}
         card = append_scores(args.encoder, cfg.name, results["scores"], protocol)
         print(f"scores added to {card} and the model card")
+    return 0
+
+
+def recipe_kind(path: str) -> str:
+    """``kind:`` at the top of an eval recipe: ``offline_rl`` recipes go to vispre.rl, the rest are probes."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(path)
+    if "kind" not in raw and "_base_" in raw:  # the kind a recipe inherits
+        return recipe_kind(Path(path).parent / str(raw["_base_"]))
+    return str(raw.get("kind", "probe"))
+
+
+def run_offline_rl(args: argparse.Namespace) -> int:
+    """Offline RL from pixels: every arm (scratch, the --encoder export frozen / fine-tuned, random) x seed."""
+    from ..config import to_yaml
+    from ..rl.config import load_offline_rl_config
+    from ..rl.run import run_offline_rl as run_rl
+
+    cfg = load_offline_rl_config(args.recipe, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    if args.output:
+        cfg.output_dir = args.output
+    run_rl(cfg, args.encoder)
+    print(f"results: {cfg.output_dir}/results.json, results.md and curves/")
     return 0

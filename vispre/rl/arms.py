@@ -1,0 +1,85 @@
+"""Encoder arms: which encoder an agent trains with, and what data it reads.
+
+    scratch        a new encoder trained end to end: NatureCNN (architecture: nature, the CPU choice)
+                   or the export's own architecture, randomly initialised (architecture: export)
+    finetune       the export's weights, trained end to end (encoder_lr)
+    frozen         the export, frozen: per-frame features computed once for the whole dataset, the
+                   agent trains MLP heads on them (no augmentation: the features are fixed)
+    random_frozen  the export's architecture, randomly initialised (one fixed draw, seed 0), frozen:
+                   the floor a pretrained encoder has to beat
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ArmConfig
+from .datasets import Transitions
+from .encoders import CachedFrameEncoder, FeatureEncoder, NatureCNN, PixelEncoder, precompute_features
+
+RANDOM_DRAW_SEED = 0
+
+
+@dataclass
+class ArmData:
+    """What one (arm, seed) trains on: the agent's encoder, its train / val data, and ``observe``
+    (frames -> what the encoder reads) for rollouts, None when the encoder reads frames itself."""
+
+    encoder: nn.Module
+    train: Transitions
+    val: Transitions
+    observe: Callable | None
+    train_encoder: bool
+
+
+def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED):
+    if not path:
+        raise ValueError("this arm needs an exported encoder: pass --encoder DIR or set the arm's encoder field")
+    from ..export import load_encoder
+
+    if random_init:
+        torch.manual_seed(draw_seed)
+    return load_encoder(path, random_init=random_init)
+
+
+class FrozenFeatures:
+    """Per-frame features of the train and val frames under one frozen encoder, computed once per arm."""
+
+    def __init__(self, arm: ArmConfig, path: str, train: Transitions, val: Transitions, device, frame_stack: int):
+        backbone = _load_export(path, random_init=arm.kind == "random_frozen")
+        self.pixels = PixelEncoder(backbone, frame_stack, arm.input_size).to(device).eval().requires_grad_(False)
+        self.dim = backbone.num_features
+        self.observe = CachedFrameEncoder(self.pixels)  # rollouts: frames -> features, shared by the seeds
+        self.train = self._swap(train, device, f"{arm.name} train")
+        self.val = self._swap(val, device, f"{arm.name} val")
+
+    def _swap(self, data: Transitions, device, desc: str) -> Transitions:
+        feats = precompute_features(self.pixels, data.observations, device, desc=desc)
+        nxt = None
+        if data.next_observations is not None:
+            nxt = precompute_features(self.pixels, data.next_observations, device, desc=desc + " next")
+        return data.with_observations(feats, nxt)
+
+
+def build_arm(arm: ArmConfig, path: str, seed: int, train: Transitions, val: Transitions, frame_stack: int,
+              frozen: FrozenFeatures | None = None) -> ArmData:
+    """The encoder for one seed (trainable arms get a fresh one, seeded); ``frozen`` for frozen arms."""
+    if arm.kind in ("frozen", "random_frozen"):
+        if frozen is None:
+            raise ValueError(f"arm {arm.name}: frozen arms need their FrozenFeatures")
+        return ArmData(FeatureEncoder(frozen.dim, frame_stack), frozen.train, frozen.val, frozen.observe, False)
+    torch.manual_seed(seed)
+    if arm.kind == "scratch" and arm.architecture == "nature":
+        channels, size = train.observations.shape[-1], train.observations.shape[1]
+        backbone = NatureCNN(channels, image_size=arm.input_size or size)
+    elif arm.kind == "scratch" and arm.architecture == "export":
+        backbone = _load_export(path, random_init=True, draw_seed=seed)
+    elif arm.kind == "scratch":
+        raise ValueError(f"arm {arm.name}: architecture must be 'nature' or 'export', got {arm.architecture!r}")
+    else:
+        backbone = _load_export(path, random_init=False)
+    return ArmData(PixelEncoder(backbone.train(), frame_stack, arm.input_size), train, val, None, True)

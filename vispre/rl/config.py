@@ -1,0 +1,135 @@
+"""The offline-RL evaluation recipe (typed): environment, data, agent, encoder arms, seeds, evaluation.
+
+Recipes live in ``eval/offline_rl_*.yaml`` and are run by ``vispre eval RECIPE --encoder DIR``
+(``kind: offline_rl`` selects this schema) or :func:`vispre.rl.run_offline_rl`. Defaults marked
+"ours" are vispre's choices where the papers give none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, load_config
+
+ARM_KINDS = ("scratch", "frozen", "finetune", "random_frozen")
+AGENTS = ("bc", "iql", "hiql")
+
+
+@dataclass
+class EnvConfig:
+    kind: str = "minigrid"  # minigrid (vispre.envs.minigrid, CPU) | ogbench (needs `pip install ogbench`)
+    name: str = "simple_crossing"  # MiniGrid task, or the OGBench dataset name (visual-cube-single-play-v0)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra env constructor arguments
+    # first layout / reset seed of the evaluation episodes: MiniGrid's "test" layouts (vispre.envs.datasets.
+    # layout_seed("test", 0) = 2_000_000), disjoint from the train (0...) and val (1_000_000...) layouts
+    eval_seed: int = 2_000_000
+    # MiniGrid: evaluate on this many distinct layouts and drop every data trajectory on them (0: evaluation
+    # seeds as they come, which may repeat training layouts: SimpleCrossingS9N1 has only 42)
+    holdout_layouts: int = 0
+    task_ids: list[int] = field(default_factory=list)  # OGBench goal tasks to evaluate (goal-conditioned)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # training .npz (OGBench layout); '' = generate it under output_dir with the MiniGrid generator
+    val_path: str = ""  # '' = path with -val.npz
+    compact: bool = True  # OGBench's compact reading (frames stay memory-mapped); False: regular (a copy)
+    mmap: bool = True  # memory-map uncompressed members (np.savez); see cache_dir for compressed ones
+    cache_dir: str = ""  # decompress compressed members here once, then memory-map them ('' = read into RAM)
+    frame_stack: int = 1
+    reward_scale: float = 1.0  # r <- scale * r + shift (shift -1: 0/1 success -> OGBench's -1/0)
+    reward_shift: float = 0.0
+    generate: dict[str, Any] = field(default_factory=dict)  # generator arguments when path is ''
+
+
+@dataclass
+class AgentConfig:
+    name: str = "iql"  # bc | iql | hiql
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 3e-4
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    layer_norm: bool = True  # on the value / Q MLPs
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target networks
+    expectile: float = 0.9  # IQL 0.7 (locomotion) / 0.9 (AntMaze, pixels); HIQL 0.7
+    beta: float = 10.0  # AWR inverse temperature (IQL's beta, OGBench's alpha)
+    max_weight: float = 100.0  # AWR weights clipped here
+    augment_pad: int = 4  # random shift for pixel arms (DrQ pad 4; OGBench pad 3); 0 = off
+    augment_prob: float = 1.0  # per batch (OGBench p_aug 0.5 on manipulation)
+    actor_detach: bool = True  # policies read stop-gradient features: the critic trains the encoder (ours)
+    # HIQL
+    subgoal_steps: int = 10
+    rep_dim: int = 10
+    high_beta: float = 3.0
+    low_beta: float = 3.0
+    low_actor_rep_grad: bool = True  # OGBench: essential on pixels
+    p_current: float = 0.2  # value goals: current / future in trajectory (geometric) / random
+    p_trajectory: float = 0.5
+    p_random: float = 0.3
+
+
+@dataclass
+class ArmConfig:
+    name: str = ""  # label in tables and plots ('' = kind)
+    kind: str = "scratch"  # scratch | frozen | finetune | random_frozen
+    encoder: str = ""  # export folder ('' = the --encoder argument); unused by scratch with a named architecture
+    architecture: str = "nature"  # scratch only: nature (small CNN) | export (the export's timm architecture)
+    encoder_lr: float = 0.0  # 0 = agent.lr (finetune often wants less)
+    input_size: int = 0  # resize frames for the encoder (0 = as they are, unless it needs a fixed size)
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 50  # final evaluation, per seed
+    curve_points: int = 2  # intermediate evaluations (learning curve) besides the final one
+    curve_episodes: int = 20
+    policy: str = "sample"  # sample | epsilon | greedy (greedy loops in MiniGrid: evaluate sampled)
+    epsilon: float = 0.05
+    max_steps: int = 0  # 0 = the environment's own limit
+    num_envs: int = 16  # episodes stepped together (batched encoder forward)
+    val_batch: int = 1024
+
+
+@dataclass
+class OfflineRLConfig:
+    kind: str = "offline_rl"
+    name: str = "offline_rl"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    arms: list[ArmConfig] = field(default_factory=lambda: [ArmConfig(kind="scratch"), ArmConfig(kind="frozen")])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/offline_rl"
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    threads: int = 0  # torch threads (0: torch's default)
+
+
+def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
+    if cfg.kind != "offline_rl":
+        raise ConfigError(f"{source}: kind: expected 'offline_rl', got {cfg.kind!r}")
+    if cfg.agent.name not in AGENTS:
+        raise ConfigError(f"{source}: agent.name: {cfg.agent.name!r} is not one of {', '.join(AGENTS)}")
+    if not cfg.arms:
+        raise ConfigError(f"{source}: arms: at least one arm is needed")
+    names = set()
+    for i, arm in enumerate(cfg.arms):
+        if arm.kind not in ARM_KINDS:
+            raise ConfigError(f"{source}: arms.{i}.kind: {arm.kind!r} is not one of {', '.join(ARM_KINDS)}")
+        arm.name = arm.name or arm.kind
+        if arm.name in names:
+            raise ConfigError(f"{source}: arms.{i}.name: {arm.name!r} used twice")
+        names.add(arm.name)
+    if cfg.eval.policy not in ("sample", "epsilon", "greedy"):
+        raise ConfigError(f"{source}: eval.policy: {cfg.eval.policy!r} is not sample, epsilon or greedy")
+    if cfg.env.kind not in ("minigrid", "ogbench"):
+        raise ConfigError(f"{source}: env.kind: {cfg.env.kind!r} is not minigrid or ogbench")
+    if cfg.data.frame_stack < 1:
+        raise ConfigError(f"{source}: data.frame_stack: must be >= 1")
+    return cfg
+
+
+def load_offline_rl_config(path=None, overrides=()) -> OfflineRLConfig:
+    return check(load_config(OfflineRLConfig, path, overrides), str(path or "OfflineRLConfig"))

@@ -1,0 +1,216 @@
+"""Offline RL data in OGBench's ``.npz`` layout: the two OGBench readings, and batches with frame
+stacks and goals drawn at sample time.
+
+The file (OGBench, and vispre's MiniGrid generator) concatenates trajectories row after row::
+
+    observations [R, H, W, C] uint8   s0 s1 s2 s3 | s0 s1 s2 ...
+    actions      [R] int / [R, A]     a0 a1 a2 a3 | ...          (the last frame's action is a dummy)
+    terminals    [R]                   0  0  0  1 | ...          (1 on the LAST FRAME of each trajectory)
+    rewards, masks [R] (optional)      reward of the transition leaving the row; masks = 0 only where
+                                       the task was completed (Q-learning bootstraps with masks; trajectory
+                                       ends come from terminals, never from masks)
+
+OGBench reads it two ways (``ogbench.utils.load_dataset``), reproduced by :func:`load_ogbench`:
+
+* regular: ``next_observations`` by shifting, each trajectory's last frame dropped (a copy of all frames);
+* compact: frames kept as they are, ``valids`` = 0 on the last frame (no copy: stays memory-mapped).
+
+:class:`Transitions` samples from either without building stacks or goal images in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .npz import read_npz
+
+REQUIRED = ("observations", "actions", "terminals")
+READ = (*REQUIRED, "rewards", "masks")  # other members (qpos, positions, ...) are not read
+
+
+def load_ogbench(path: str | Path, compact: bool = False, mmap: bool = True, cache_dir: str | Path | None = None,
+                 keep_rows: np.ndarray | None = None, labels: dict | None = None) -> dict[str, np.ndarray]:
+    """An OGBench ``.npz`` as ``ogbench.utils.load_dataset`` returns it (regular or compact), with
+    ``rewards``/``masks`` kept (row-aligned like ``actions``) where the file has them or ``labels`` (per
+    file row, e.g. OGBench's single-task relabelling) gives them. ``keep_rows`` (bool per file row, whole
+    trajectories) drops trajectories first (a copy: no longer memory-mapped)."""
+    path = Path(path)
+    raw = read_npz(path, mmap=mmap, cache_dir=cache_dir, keys=[k for k in READ if k in npz_keys(path)])
+    raw.update(labels or {})
+    if keep_rows is not None:
+        raw = _keep_trajectories(path, raw, np.asarray(keep_rows, bool))
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise KeyError(f"{path}: missing array(s) {', '.join(missing)} (OGBench layout needs {', '.join(REQUIRED)})")
+    rows = len(raw["observations"])
+    for key in READ:
+        if key in raw and len(raw[key]) != rows:
+            raise ValueError(f"{path}: {key} has {len(raw[key])} rows, observations has {rows}")
+    terminals = np.asarray(raw["terminals"], dtype=np.float32)
+    if rows == 0 or terminals[-1] != 1:
+        raise ValueError(f"{path}: terminals[-1] must be 1 (the last row must end a trajectory)")
+    data = {"observations": raw["observations"], "actions": np.asarray(raw["actions"])}
+    for key in ("rewards", "masks"):
+        if key in raw:
+            data[key] = np.asarray(raw[key], dtype=np.float32)
+    if compact:
+        data["valids"] = 1.0 - terminals
+        shifted = np.concatenate([terminals[1:], [1.0]])
+        data["terminals"] = np.minimum(terminals + shifted, 1.0).astype(np.float32)
+        return data
+    keep = terminals == 0  # rows that have a next frame
+    after = np.concatenate([[False], keep[:-1]])  # rows that are some row's next frame
+    out = {k: v[keep] for k, v in data.items()}
+    out["next_observations"] = data["observations"][after]
+    out["terminals"] = np.concatenate([terminals[1:], [1.0]])[keep].astype(np.float32)
+    return out
+
+
+def npz_keys(path: str | Path) -> set[str]:
+    with np.load(path, allow_pickle=False) as f:
+        return set(f.files)
+
+
+def _keep_trajectories(path: Path, raw: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    if len(keep) != len(raw["observations"]):
+        raise ValueError(f"{path}: keep_rows has {len(keep)} rows, the file {len(raw['observations'])}")
+    start, _ = _trajectory_bounds(np.asarray(raw["terminals"]) > 0)
+    if np.any(keep != keep[start]):
+        raise ValueError(f"{path}: keep_rows must keep or drop whole trajectories")
+    if not keep.any():
+        raise ValueError(f"{path}: keep_rows drops every trajectory")
+    return {k: np.asarray(v)[keep] for k, v in raw.items()}
+
+
+def _trajectory_bounds(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every row: the first row of its trajectory and the last (``ends`` marks last rows)."""
+    end_rows = np.flatnonzero(ends)
+    pos = np.searchsorted(end_rows, np.arange(len(ends)))
+    last = end_rows[pos]
+    start = np.where(pos == 0, 0, end_rows[np.maximum(pos - 1, 0)] + 1)
+    return start.astype(np.int64), last.astype(np.int64)
+
+
+@dataclass
+class Transitions:
+    """Transitions (s_t, a_t, r_t, m_t, s_{t+1}) over the rows of ``observations``.
+
+    ``observations`` may be frames or per-frame features (the frozen-encoder path): sampling only
+    indexes rows. ``next_observations`` is None when the next state is the next row (compact layout).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    valid: np.ndarray  # [N] rows that start a transition
+    traj_start: np.ndarray  # [R] first row of each row's trajectory
+    traj_last: np.ndarray  # [R] last transition row of each row's trajectory (goals stop there, as in OGBench)
+    rewards: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    next_observations: np.ndarray | None = None
+
+    @classmethod
+    def from_layout(cls, data: dict[str, np.ndarray]) -> Transitions:
+        """From :func:`load_ogbench`'s regular (``next_observations``) or compact (``valids``) dict."""
+        rows = len(data["observations"])
+        common = {"observations": data["observations"], "actions": data["actions"],
+                      "rewards": data.get("rewards"), "masks": data.get("masks")}
+        if common["rewards"] is not None and common["masks"] is None:
+            common["masks"] = np.ones(rows, np.float32)
+        if "valids" in data:  # compact: the last frame of a trajectory is the row with valids == 0
+            start, last_frame = _trajectory_bounds(data["valids"] == 0)
+            return cls(valid=np.flatnonzero(data["valids"] > 0), traj_start=start, traj_last=last_frame - 1, **common)
+        if "next_observations" in data:  # regular: terminals = 1 on each trajectory's last transition
+            start, last = _trajectory_bounds(np.asarray(data["terminals"]) > 0)
+            return cls(valid=np.arange(rows), traj_start=start, traj_last=last,
+                       next_observations=data["next_observations"], **common)
+        raise KeyError("a dataset dict needs 'valids' (compact layout) or 'next_observations' (regular layout)")
+
+    @classmethod
+    def from_file(cls, path: str | Path, compact: bool = True, mmap: bool = True, cache_dir: str | Path | None = None,
+                  keep_rows: np.ndarray | None = None, labels: dict | None = None) -> Transitions:
+        return cls.from_layout(load_ogbench(path, compact, mmap, cache_dir, keep_rows, labels))
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.observations)
+
+    @property
+    def discrete(self) -> bool:
+        return np.issubdtype(self.actions.dtype, np.integer)
+
+    def with_observations(self, observations: np.ndarray, next_observations: np.ndarray | None = None):
+        """The same transitions over other per-row observations (e.g. precomputed features)."""
+        if len(observations) != self.num_rows:
+            raise ValueError(f"{len(observations)} observation rows for a dataset of {self.num_rows}")
+        return replace(self, observations=observations, next_observations=next_observations)
+
+    def with_rewards(self, scale: float = 1.0, shift: float = 0.0) -> Transitions:
+        """r <- scale * r + shift (e.g. shift -1 turns 0/1 success rewards into OGBench's -1/0)."""
+        if self.rewards is None:
+            raise ValueError("this dataset has no rewards (a goal-conditioned file: use a goal-conditioned agent)")
+        return replace(self, rewards=(self.rewards * scale + shift).astype(np.float32))
+
+    # ----- sampling
+    def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Rows of ``batch_size`` uniformly drawn transitions."""
+        return self.valid[rng.integers(0, len(self.valid), batch_size)]
+
+    def stack(self, rows: np.ndarray, frame_stack: int = 1) -> np.ndarray:
+        """[B, S, ...] the last S states up to each row, oldest first; before a trajectory's start the
+        first frame repeats (stacks are gathered here, never stored)."""
+        back = np.arange(frame_stack - 1, -1, -1)
+        idx = np.maximum(rows[:, None] - back, self.traj_start[rows][:, None])
+        return self.observations[idx.ravel()].reshape(len(rows), frame_stack, *self.observations.shape[1:])
+
+    def next_stack(self, rows: np.ndarray, frame_stack: int = 1) -> np.ndarray:
+        """[B, S, ...] the stack ending at s_{t+1}."""
+        if self.next_observations is None:
+            return self.stack(rows + 1, frame_stack)
+        newest = self.next_observations[rows][:, None]
+        if frame_stack == 1:
+            return newest
+        back = np.arange(frame_stack - 2, -1, -1)  # s_{t+1-k}, k = S-1..1, live in observations
+        idx = np.maximum(rows[:, None] - back, self.traj_start[rows][:, None])
+        older = self.observations[idx.ravel()].reshape(len(rows), frame_stack - 1, *self.observations.shape[1:])
+        return np.concatenate([older, newest], axis=1)
+
+    def batch(self, rows: np.ndarray, frame_stack: int = 1) -> dict[str, np.ndarray]:
+        out = {"observations": self.stack(rows, frame_stack), "next_observations": self.next_stack(rows, frame_stack),
+               "actions": self.actions[rows]}
+        if self.rewards is not None:
+            out["rewards"], out["masks"] = self.rewards[rows], self.masks[rows]
+        return out
+
+    # ----- goals (goal-conditioned agents)
+    def future_rows(self, rows: np.ndarray, rng: np.random.Generator, geometric_p: float | None = None) -> np.ndarray:
+        """A later state of the same trajectory: offset ~ Geometric(p) >= 1 clipped at the trajectory's
+        last transition (OGBench ``value_geom_sample``), or uniform over (t, last] when ``geometric_p`` is None.
+        The last frame itself is never a goal: as a state it is never trained on (OGBench's final_state_idxs)."""
+        last = self.traj_last[rows]
+        if geometric_p is not None:
+            return np.minimum(rows + rng.geometric(geometric_p, len(rows)), last)
+        u = rng.random(len(rows))
+        return np.round(np.minimum(rows + 1, last) * u + last * (1 - u)).astype(np.int64)
+
+    def sample_goals(self, rows: np.ndarray, rng: np.random.Generator, p_current: float = 0.2,
+                     p_trajectory: float = 0.5, p_random: float = 0.3, discount: float | None = 0.99) -> np.ndarray:
+        """Goal rows: the state itself (p_current), a future state of the same trajectory (p_trajectory,
+        geometric with p = 1 - discount, uniform when ``discount`` is None), or any transition's state (p_random)."""
+        if not np.isclose(p_current + p_trajectory + p_random, 1.0):
+            raise ValueError(f"goal probabilities must sum to 1, got {p_current}+{p_trajectory}+{p_random}")
+        future = self.future_rows(rows, rng, None if discount is None else 1.0 - discount)
+        anywhere = self.sample(len(rows), rng)
+        u = rng.random(len(rows))
+        return np.where(u < p_current, rows, np.where(u < p_current + p_trajectory, future, anywhere))
+
+
+def goal_rewards(rows: np.ndarray, goal_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OGBench's sparse goal reward: success = (s_t is the goal); r = success - 1, mask = 1 - success."""
+    success = (rows == goal_rows).astype(np.float32)
+    return success - 1.0, 1.0 - success

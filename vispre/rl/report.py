@@ -1,0 +1,105 @@
+"""The comparison's outputs: results.json (protocol + every run), results.md (table), curves/ARM.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _stats(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "per_seed": []}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": [float(v) for v in values]}
+
+
+METRICS = ("success", "length", "value_mae", "value_corr")
+
+
+def summarise(runs: list[dict]) -> dict[str, dict]:
+    """Per arm: mean, std (over seeds, population std) and per-seed values of the final evaluation."""
+    arms: dict[str, dict] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], {"runs": []})["runs"].append(run)
+    for arm in arms.values():
+        finals = [r["final"] for r in arm["runs"]]
+        for m in METRICS:
+            arm[m] = _stats([f.get(m) for f in finals])
+        arm["seeds"] = [r["seed"] for r in arm["runs"]]
+        arm["train_seconds"] = _stats([r["train_seconds"] for r in arm["runs"]])
+        arm["eval_seconds"] = _stats([r["eval_seconds"] for r in arm["runs"]])
+        arm["feature_seconds"] = arm["runs"][0].get("feature_seconds", 0.0)
+        del arm["runs"]
+    return arms
+
+
+def _cell(s: dict, digits: int = 2) -> str:
+    if s["mean"] is None:
+        return "-"
+    seeds = ", ".join(f"{v:.{digits}f}" for v in s["per_seed"])
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({seeds})"
+
+
+def markdown_table(name: str, protocol: dict, arms: dict[str, dict]) -> str:
+    p, a, e = protocol, protocol["agent"], protocol["eval"]
+    lines = [f"# {name}", "",
+             (f"env {p['env']['kind']}:{p['env']['name']} (evaluation episodes from seed {p['env']['eval_seed']}), "
+             f"data {p['dataset']['train']} ({p['dataset']['transitions']} transitions, frame stack "
+             f"{p['dataset']['frame_stack']}); agent {a['name']}, {a['steps']} steps, batch {a['batch_size']}, "
+             f"lr {a['lr']}, seeds {p['seeds']}; {e['episodes']} episodes per seed, policy {e['policy']}."),
+             ("Values are mean ± std over seeds (per-seed values in brackets). Value error: |V - G| against "
+             "Monte-Carlo returns G of the validation split."), "",
+             "| arm | success | episode length | value MAE | value corr | train s / seed | features s |",
+             "|---|---|---|---|---|---|---|"]
+    for name_, arm in arms.items():
+        train_s = arm["train_seconds"]["mean"] or 0.0
+        lines.append(f"| {name_} | {_cell(arm['success'])} | {_cell(arm['length'], 1)} | {_cell(arm['value_mae'])} | "
+                     f"{_cell(arm['value_corr'])} | {train_s:.0f} | {arm['feature_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(out_dir: Path, runs: list[dict]) -> list[Path]:
+    """One PNG per arm: success and value error against update steps, a line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for run in (r for r in runs if r["arm"] == arm):
+            steps = [p["step"] for p in run["curve"]]
+            ax1.plot(steps, [p.get("success", np.nan) for p in run["curve"]], "o-", label=f"seed {run['seed']}")
+            ax2.plot(steps, [p.get("value_mae", np.nan) for p in run["curve"]], "o-", label=f"seed {run['seed']}")
+        ax1.set(xlabel="updates", ylabel="success rate", ylim=(-0.02, 1.02), title=f"{arm}: success")
+        ax2.set(xlabel="updates", ylabel="|V - G|", title=f"{arm}: value error (val)")
+        ax1.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{arm}.png"
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def write_report(out: Path, name: str, protocol: dict, runs: list[dict]) -> dict:
+    arms = summarise(runs)
+    results = {"name": name, "protocol": protocol, "arms": arms, "runs": runs}
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_atomic(out / "results.md", markdown_table(name, protocol, arms))
+    results["plots"] = [str(p) for p in plot_curves(out / "curves", runs)]
+    return results

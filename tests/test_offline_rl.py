@@ -348,7 +348,10 @@ def test_the_comparison_runs_end_to_end(tmp_path):
     assert [p["episodes"] for p in runs[0]["curve"]] == [2, 3]
     assert math.isfinite(runs[0]["final"]["value_mae"])
     table = (out / "results.md").read_text()
-    assert "| scratch |" in table and "| random_frozen |" in table
+    assert "| scratch | nature |" in table and f"| random_frozen | {export} |" in table
+    random_policy = protocol["reference"]["uniform_random_policy"]
+    assert 0 <= random_policy["success"] <= 1 and 1 <= random_policy["length"] <= 20
+    assert f"success {random_policy['success']:.2f}" in table and "episodes on a layout that occurs" in table
     assert results["arms"].keys() == saved["arms"].keys()
     # a rerun of the same recipe reuses the finished runs (an interrupted comparison resumes)
     log_file = out / "runs" / "scratch" / "seed0" / "metrics.jsonl"

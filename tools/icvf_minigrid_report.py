@@ -8,9 +8,10 @@
      true shortest-path distance from s's state to g's state (BFS over (x, y, heading, ...)),
      for random (s, g) frame pairs of one episode, and for pairs with g later than s;
    * linear probes (ridge regression, alpha chosen on a held-out part of the training frames)
-     predicting each frame's shortest-path distance to the task's goal, from phi(s) and from the
-     encoder's pooled feature, against the same probes on the randomly initialised network the
-     run started from (same seed, same architecture): R^2, MAE and Spearman on the val frames.
+     predicting each frame's shortest-path distance to the task's goal from phi(s), from the heads'
+     input (the grid-pooled map with ``features: grid``) and from timm's pooled feature, against the
+     same probes on the randomly initialised network the run started from (same seed and
+     architecture): R^2, MAE and Spearman on the val frames.
 
 Prints one JSON report and writes it to RUN/icvf_report.json.
 """
@@ -60,15 +61,17 @@ def initial_method(cfg: PretrainConfig):
 
 
 @torch.no_grad()
-def features(method, frames: np.ndarray, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target-network encoder features and phi for uint8 [N, H, W, 3] frames."""
+def features(method, frames: np.ndarray, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Target network, uint8 [N, H, W, 3] frames: what the heads read (the grid-pooled map or the pooled
+    feature), phi, and timm's own pooled feature (what ``Encoder(x).pooled`` gives a downstream user)."""
     net = method.net("ema")
-    feats = []
+    feats, pooled = [], []
     for i in range(0, len(frames), batch):
-        images = torch.from_numpy(frames[i:i + batch]).permute(0, 3, 1, 2)
-        feats.append(method.encode(net, method.prepare(images)))
+        images = method.prepare(torch.from_numpy(frames[i:i + batch]).permute(0, 3, 1, 2))
+        feats.append(method.encode(net, images))
+        pooled.append(net["encoder"](images).pooled)
     feats = torch.cat(feats)
-    return feats, net["value"].phi(feats)
+    return feats, net["value"].phi(feats), torch.cat(pooled)
 
 
 @torch.no_grad()
@@ -139,16 +142,17 @@ def probe(train_x, train_y, test_x, test_y, alphas=(1e-2, 1e-1, 1, 10, 100, 1000
 # -- the report -----------------------------------------------------------------------------------------
 def measure(method, train: dict, val: dict, pairs: tuple, probe_rows: np.ndarray) -> dict:
     i, j, d = pairs
-    val_feats, val_phi = features(method, val["observations"])
+    val_feats, val_phi, val_pooled = features(method, val["observations"])
     v = values(method, val_feats, torch.from_numpy(i), torch.from_numpy(j))
     future = torch.from_numpy(j > i)
-    train_feats, train_phi = features(method, train["observations"][probe_rows])
+    train_feats, train_phi, train_pooled = features(method, train["observations"][probe_rows])
     y_train = torch.from_numpy(train["distances"][probe_rows]).float()
     y_val = torch.from_numpy(val["distances"]).float()
     return {"spearman_v_vs_minus_distance": round(spearman(v, -torch.from_numpy(d)), 4),
             "spearman_future_pairs": round(spearman(v[future], -torch.from_numpy(d)[future]), 4),
             "probe_phi": probe(train_phi, y_train, val_phi, y_val),
-            "probe_encoder": probe(train_feats, y_train, val_feats, y_val)}
+            "probe_head_input": probe(train_feats, y_train, val_feats, y_val),
+            "probe_pooled": probe(train_pooled, y_train, val_pooled, y_val)}
 
 
 def main(argv=None) -> None:

@@ -90,6 +90,7 @@ class EvalConfig:
     max_steps: int = 0  # 0 = the environment's own limit
     num_envs: int = 16  # episodes stepped together (batched encoder forward)
     val_batch: int = 1024
+    random_reference: bool = True  # also score uniformly random actions on the same episodes (the table's context)
 
 
 @dataclass

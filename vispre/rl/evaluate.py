@@ -127,3 +127,20 @@ def rollouts(agent: Agent, make_env: Callable[[], object], episodes: int, device
     for env in envs:
         getattr(env, "close", lambda: None)()
     return {"success": success.tolist(), "length": length.tolist()}
+
+
+class UniformPolicy:
+    """The reference a learnt policy must beat: uniformly random actions (same episodes as the agents)."""
+
+    goal_conditioned, frame_stack = False, 1
+
+    def __init__(self, space):
+        self.space = space
+
+    def eval(self):
+        return self
+
+    def act(self, obs, goals=None, sample=True):
+        if self.space.discrete:
+            return torch.randint(0, self.space.n, (len(obs),))
+        return torch.rand(len(obs), self.space.n) * 2 - 1

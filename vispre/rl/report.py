@@ -50,21 +50,39 @@ def _cell(s: dict, digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({seeds})"
 
 
+def _context(p: dict) -> list[str]:
+    """What the numbers mean: held-out layouts and the random-policy reference, where known."""
+    lines, env = [], p["env"]
+    if "distinct_eval_layouts" in env:
+        lines.append(f"Evaluation on {env['distinct_eval_layouts']} layouts; episodes on a layout that occurs in the "
+                     f"training data: {env['eval_episodes_on_a_training_layout']} (held-out layouts: "
+                     f"{env['holdout_layouts']}, {env['train_rows_dropped']} training rows dropped for them).")
+    random = p.get("reference", {}).get("uniform_random_policy")
+    if random:
+        lines.append(f"Uniformly random actions on the same episodes: success {random['success']:.2f}, "
+                     f"episode length {random['length']:.1f}.")
+    return lines
+
+
 def markdown_table(name: str, protocol: dict, arms: dict[str, dict]) -> str:
     p, a, e = protocol, protocol["agent"], protocol["eval"]
     lines = [f"# {name}", "",
-             (f"env {p['env']['kind']}:{p['env']['name']} (evaluation episodes from seed {p['env']['eval_seed']}), "
-             f"data {p['dataset']['train']} ({p['dataset']['transitions']} transitions, frame stack "
-             f"{p['dataset']['frame_stack']}); agent {a['name']}, {a['steps']} steps, batch {a['batch_size']}, "
-             f"lr {a['lr']}, seeds {p['seeds']}; {e['episodes']} episodes per seed, policy {e['policy']}."),
+             (f"env {p['env']['kind']}:{p['env']['name']}, data {p['dataset']['train']} "
+              f"({p['dataset']['transitions']} transitions, frame stack {p['dataset']['frame_stack']}); agent "
+              f"{a['name']}, {a['steps']} steps, batch {a['batch_size']}, lr {a['lr']}, seeds {p['seeds']}; "
+              f"{e['episodes']} episodes per seed, policy {e['policy']}."),
+             *_context(p),
              ("Values are mean ± std over seeds (per-seed values in brackets). Value error: |V - G| against "
-             "Monte-Carlo returns G of the validation split."), "",
-             "| arm | success | episode length | value MAE | value corr | train s / seed | features s |",
-             "|---|---|---|---|---|---|---|"]
+              "Monte-Carlo returns G of the validation split."), "",
+             "| arm | encoder | success | episode length | value MAE | value corr | train s / seed | features s |",
+             "|---|---|---|---|---|---|---|---|"]
+    encoders = {arm["name"]: arm["encoder"] if arm["kind"] != "scratch" or arm["architecture"] == "export"
+                else arm["architecture"] for arm in p["arms"]}
     for name_, arm in arms.items():
         train_s = arm["train_seconds"]["mean"] or 0.0
-        lines.append(f"| {name_} | {_cell(arm['success'])} | {_cell(arm['length'], 1)} | {_cell(arm['value_mae'])} | "
-                     f"{_cell(arm['value_corr'])} | {train_s:.0f} | {arm['feature_seconds']:.0f} |")
+        lines.append(f"| {name_} | {encoders.get(name_, '')} | {_cell(arm['success'])} | {_cell(arm['length'], 1)} | "
+                     f"{_cell(arm['value_mae'])} | {_cell(arm['value_corr'])} | {train_s:.0f} | "
+                     f"{arm['feature_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

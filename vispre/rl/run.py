@@ -22,7 +22,7 @@ from .bc import BC
 from .config import OfflineRLConfig, load_offline_rl_config
 from .datasets import Transitions
 from .envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
-from .evaluate import rollouts, value_error
+from .evaluate import UniformPolicy, rollouts, value_error
 from .hiql import HIQL
 from .iql import IQL
 from .networks import ActionSpace
@@ -167,14 +167,21 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
             if record is None:
                 data = build_arm(arm, path, seed, train, val, cfg.data.frame_stack, frozen)
                 record = train_one(cfg, arm, seed, data, space, device, run_dir, eval_seeds)
-                record.update(encoder=path if arm.kind != "scratch" or arm.architecture == "export" else "",
+                record.update(encoder=path if uses_export(arm, path) else "",
                               feature_seconds=feature_seconds, key=key)
                 write_atomic(run_dir / RECORD, json.dumps(record))
             else:
                 log.info("%s seed %d: reusing the finished run in %s", arm.name, seed, run_dir)
             runs.append(record)
         del frozen
+    reference = {}
+    if cfg.eval.episodes > 0 and cfg.eval.random_reference:
+        random_runs = rollouts(UniformPolicy(space), eval_env_factory(cfg.env, cfg.eval.max_steps, False, eval_seeds),
+                               cfg.eval.episodes, "cpu", num_envs=cfg.eval.num_envs, seed=0)
+        reference = {"uniform_random_policy": {"success": float(np.mean(random_runs["success"])),
+                                               "length": float(np.mean(random_runs["length"]))}}
     protocol = {"env": {"kind": cfg.env.kind, "name": cfg.env.name, "eval_seed": cfg.env.eval_seed, **layouts},
+                "reference": reference,
                 "dataset": {"train": str(train_path), "val": str(val_path), "transitions": len(train),
                             "val_transitions": len(val), "frame_stack": cfg.data.frame_stack,
                             "reward_scale": cfg.data.reward_scale, "reward_shift": cfg.data.reward_shift},
@@ -195,10 +202,14 @@ def run_key(cfg: OfflineRLConfig, arm, encoder: str, train_path: Path) -> str:
     def stamp(p: Path) -> list:
         return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p)]
 
+    weights = stamp(Path(encoder) / "model.safetensors") if uses_export(arm, encoder) else ""
     parts = {"agent": vars(cfg.agent), "data": vars(cfg.data), "env": vars(cfg.env), "eval": vars(cfg.eval),
-             "arm": vars(arm), "encoder": stamp(Path(encoder) / "model.safetensors") if encoder else "",
-             "train": stamp(train_path)}
+             "arm": vars(arm), "encoder": weights, "train": stamp(train_path)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def uses_export(arm, encoder: str) -> bool:
+    return bool(encoder) and not (arm.kind == "scratch" and arm.architecture == "nature")
 
 
 def finished_record(run_dir: Path, key: str) -> dict | None:

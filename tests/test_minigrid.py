@@ -39,6 +39,14 @@ def test_oracle_reaches_the_goal_on_every_layout_without_noise(task):
             assert tuple(ep.states[-1, :2]) == ep.goal
 
 
+def test_oracle_solves_every_layout_of_the_default_video():
+    """All 500 + 50 SimpleCrossing layouts the default video (tools/make_minigrid_video.py) uses."""
+    greedy = Behaviour("noisy", (0.0,), max_steps=1000, random_start=False)
+    for split, count in (("train", 500), ("val", 50)):
+        for ep in episodes("simple_crossing", split, count, greedy):
+            assert ep.success and len(ep) - 1 == ep.distances[0], (split, ep.layout_seed)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_oracle_model_is_minigrids_step(task):
     """The BFS's transition model predicts every state MiniGrid reaches under random task actions."""

@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo icvf rl-compare test bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,17 @@ demo: $(STAMP)
 	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, digits-train/, digits-test/)"
 	@echo "AB_DINO run: $(DEMO)/ab_dino (checkpoints/, metrics.jsonl, tensorboard events)"
 	@echo "exported encoder (timm local-dir): $(DEMO)/export; scores and plots: $(DEMO)/export/eval/"
+
+# ICVF on the embedded MiniGrid video (~1 min to make it, ~8 min to train), its report, and the export.
+icvf: $(STAMP)
+	$(PY) tools/icvf_minigrid_report.py
+	$(VENV)/bin/vispre export runs/minigrid/icvf runs/minigrid/icvf-export
+
+# Offline RL from pixels: scratch vs the ICVF export vs the demo's AB_DINO export, 3 seeds (~20 min).
+rl-compare: $(STAMP)
+	test -f runs/minigrid/icvf-export/config.json || $(MAKE) icvf
+	test -f $(DEMO)/export/config.json || $(MAKE) demo
+	$(VENV)/bin/vispre eval eval/offline_rl_minigrid_compare.yaml arms.2.encoder=$(DEMO)/export
 
 test: $(STAMP)
 	$(PY) -m pytest -q

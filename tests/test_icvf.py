@@ -282,3 +282,13 @@ def test_short_training_run_loss_falls(tmp_path, clip_shards):
     with torch.no_grad():
         expected = method.net("ema")["value"].phi(method.encode(method.net("ema"), images))
         assert torch.allclose(phi(encoder(images).tokens), expected, atol=1e-5)
+        # the offline-RL arms read the same phi(s) from uint8 frames (features: phi)
+        from vispre.rl.arms import _pixel_encoder
+        from vispre.rl.config import ArmConfig
+
+        frames = torch.randint(0, 256, (3, 1, 32, 32, 3), dtype=torch.uint8)
+        pixels = _pixel_encoder(ArmConfig(kind="frozen", features="phi"), str(out), 1, random_init=False).eval()
+        assert pixels.num_features == 32  # hidden_dims[-1]
+        direct = method.net("ema")["value"].phi(method.encode(method.net("ema"), method.prepare(
+            frames[:, 0].permute(0, 3, 1, 2))))
+        assert torch.allclose(pixels(frames), direct, atol=1e-4)

@@ -278,6 +278,24 @@ def test_recipes_load_and_bad_fields_are_named():
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["arms=[{kind: pretrained}]"])
     with pytest.raises(ConfigError, match="agent.stepz"):
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["agent.stepz=3"])
+    with pytest.raises(ConfigError, match=r"arms\.0\.features"):
+        load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["arms=[{kind: scratch, features: phi}]"])
+
+
+def test_arms_without_their_export_fail_before_any_work(tmp_path):
+    """A frozen arm with no --encoder and no encoder field, or one naming a folder that is no export, is
+    refused before data are generated (a 20-minute comparison must not die at its second arm)."""
+    from vispre.rl import run_offline_rl
+
+    base = ["arms=[{kind: scratch}, {name: icvf, kind: frozen}]", f"output_dir={tmp_path / 'out'}"]
+    cfg = load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", base)
+    with pytest.raises(ConfigError, match=r"arms\.1\.encoder: arm 'icvf'"):
+        run_offline_rl(cfg)
+    cfg = load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml",
+                                 [*base[:1], f"arms.1.encoder={tmp_path / 'missing'}", *base[1:]])
+    with pytest.raises(FileNotFoundError, match="missing is not a vispre export"):
+        run_offline_rl(cfg)
+    assert not (tmp_path / "out" / "data").exists()
 
 
 @pytest.fixture(scope="module")

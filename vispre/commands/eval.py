@@ -15,7 +15,8 @@ log = logging.getLogger("vispre.eval")
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", metavar="DIR", default=None,
-                        help="an exported encoder folder (config.json + model.safetensors); required")
+                        help="an exported encoder folder (config.json + model.safetensors); required, except by "
+                             "offline_rl recipes whose arms name their own")
     parser.add_argument("--random-init", action="store_true", default=None,
                         help="the same architecture with random weights (seeded by the recipe's seed): the baseline")
     parser.add_argument("--output", metavar="DIR", default=None,
@@ -58,8 +59,6 @@ def _merge_rest(args: argparse.Namespace) -> argparse.Namespace:
                 setattr(args, key, value)
     for flag in ("random_init", "append_to_card", "print_config", "progress"):
         setattr(args, flag, bool(getattr(args, flag)))
-    if not args.encoder and not args.print_config:
-        raise SystemExit("vispre eval: error: --encoder DIR is required")
     return args
 
 
@@ -73,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     args = _merge_rest(args)
     if recipe_kind(args.recipe) == "offline_rl":
-        return run_offline_rl(args)
+        return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
+    if not args.encoder and not args.print_config:
+        raise SystemExit("vispre eval: error: --encoder DIR is required")
     cfg = load_config(EvalConfig, args.recipe, args.overrides)
     check_config(cfg)
     if args.print_config:

@@ -30,7 +30,10 @@ class CropGroup:
 
 
 def _to_chw(array) -> torch.Tensor:
-    # A channels-last view: torchvision's uint8 antialiased resize has its fast path for it.
+    # A channels-last view: torchvision's uint8 antialiased resize has its fast path for it. Arrays over
+    # PIL's buffer are read-only, which torch.from_numpy warns about: copied (~10 us for 224 px, << decode).
+    if not array.flags.writeable:
+        array = array.copy()
     return torch.from_numpy(array).permute(2, 0, 1)
 
 

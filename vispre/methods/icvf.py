@@ -201,10 +201,11 @@ class ICVF(Method):
         return out
 
 
-def load_exported_phi(path) -> nn.Module:
+def load_exported_phi(path, random_init: bool = False) -> nn.Module:
     """The ``phi`` module of an ICVF export (``vispre export RUN DIR``), rebuilt from the export's own
-    recipe (export.json) and encoder width (config.json), weights loaded. Apply it to
-    ``Encoder(x).pooled`` or, for ``features: grid`` recipes, to ``Encoder(x).tokens``."""
+    recipe (export.json) and encoder width (config.json), weights loaded (``random_init``: left as built).
+    Apply it to ``Encoder(x).pooled`` or, for ``features: grid`` recipes, to ``Encoder(x).tokens``: the
+    module's ``reads`` attribute names which, ``out_dim`` its width."""
     import json
     from pathlib import Path
 
@@ -222,4 +223,10 @@ def load_exported_phi(path) -> nn.Module:
     width = json.loads((path / "config.json").read_text())["num_features"]
     grid = cfg.grid ** 2 if cfg.features == "grid" else 1
     phi = ValueEnsemble(cfg.head, width * grid, cfg.hidden_dims, 1, cfg.layer_norm).heads[0].phi
-    return load_module(path, "phi", nn.Sequential(GridFeatures(cfg.grid), phi) if cfg.features == "grid" else phi)
+    if phi is None:
+        raise ValueError(f"{path}: the {cfg.head} ICVF head has no phi (only the multilinear head has one)")
+    module = nn.Sequential(GridFeatures(cfg.grid), phi) if cfg.features == "grid" else phi
+    if not random_init:
+        module = load_module(path, "phi", module)
+    module.reads, module.out_dim = ("tokens" if cfg.features == "grid" else "pooled"), cfg.hidden_dims[-1]
+    return module

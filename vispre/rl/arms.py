@@ -7,6 +7,9 @@
                    agent trains MLP heads on them (no augmentation: the features are fixed)
     random_frozen  the export's architecture, randomly initialised (one fixed draw, seed 0), frozen:
                    the floor a pretrained encoder has to beat
+
+An export arm reads the backbone's pooled feature (``features: pooled``) or, for ICVF exports, the
+representation ICVF learns on top of it (``features: phi``).
 """
 
 from __future__ import annotations
@@ -46,13 +49,29 @@ def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED
     return load_encoder(path, random_init=random_init)
 
 
+def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | None:
+    """features: pooled -> None (the backbone's pooled feature); phi -> the ICVF export's phi module
+    (random_init: the same module as built, drawn right after the backbone)."""
+    if arm.features == "pooled":
+        return None
+    from ..methods.icvf import load_exported_phi
+
+    return load_exported_phi(path, random_init=random_init)
+
+
+def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool,
+                   draw_seed: int = RANDOM_DRAW_SEED) -> PixelEncoder:
+    backbone = _load_export(path, random_init, draw_seed)
+    return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init))
+
+
 class FrozenFeatures:
     """Per-frame features of the train and val frames under one frozen encoder, computed once per arm."""
 
     def __init__(self, arm: ArmConfig, path: str, train: Transitions, val: Transitions, device, frame_stack: int):
-        backbone = _load_export(path, random_init=arm.kind == "random_frozen")
-        self.pixels = PixelEncoder(backbone, frame_stack, arm.input_size).to(device).eval().requires_grad_(False)
-        self.dim = backbone.num_features
+        pixels = _pixel_encoder(arm, path, frame_stack, random_init=arm.kind == "random_frozen")
+        self.pixels = pixels.to(device).eval().requires_grad_(False)
+        self.dim = pixels.feature_dim
         self.observe = CachedFrameEncoder(self.pixels)  # rollouts: frames -> features, shared by the seeds
         self.train = self._swap(train, device, f"{arm.name} train")
         self.val = self._swap(val, device, f"{arm.name} val")
@@ -75,11 +94,11 @@ def build_arm(arm: ArmConfig, path: str, seed: int, train: Transitions, val: Tra
     torch.manual_seed(seed)
     if arm.kind == "scratch" and arm.architecture == "nature":
         channels, size = train.observations.shape[-1], train.observations.shape[1]
-        backbone = NatureCNN(channels, image_size=arm.input_size or size)
+        encoder = PixelEncoder(NatureCNN(channels, image_size=arm.input_size or size), frame_stack, arm.input_size)
     elif arm.kind == "scratch" and arm.architecture == "export":
-        backbone = _load_export(path, random_init=True, draw_seed=seed)
+        encoder = _pixel_encoder(arm, path, frame_stack, random_init=True, draw_seed=seed)
     elif arm.kind == "scratch":
         raise ValueError(f"arm {arm.name}: architecture must be 'nature' or 'export', got {arm.architecture!r}")
     else:
-        backbone = _load_export(path, random_init=False)
-    return ArmData(PixelEncoder(backbone.train(), frame_stack, arm.input_size), train, val, None, True)
+        encoder = _pixel_encoder(arm, path, frame_stack, random_init=False)
+    return ArmData(encoder.train(), train, val, None, True)

@@ -78,6 +78,7 @@ class ArmConfig:
     architecture: str = "nature"  # scratch only: nature (small CNN) | export (the export's timm architecture)
     encoder_lr: float = 0.0  # 0 = agent.lr (finetune often wants less)
     input_size: int = 0  # resize frames for the encoder (0 = as they are, unless it needs a fixed size)
+    features: str = "pooled"  # pooled (timm's pooled feature) | phi (an ICVF export's phi(s) on top of it)
 
 
 @dataclass
@@ -120,6 +121,10 @@ def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
         if arm.kind not in ARM_KINDS:
             raise ConfigError(f"{source}: arms.{i}.kind: {arm.kind!r} is not one of {', '.join(ARM_KINDS)}")
         arm.name = arm.name or arm.kind
+        if arm.features not in ("pooled", "phi"):
+            raise ConfigError(f"{source}: arms.{i}.features: {arm.features!r} is not pooled or phi")
+        if arm.features == "phi" and arm.kind == "scratch" and arm.architecture == "nature":
+            raise ConfigError(f"{source}: arms.{i}.features: phi needs an ICVF export, not the Nature CNN")
         if arm.name in names:
             raise ConfigError(f"{source}: arms.{i}.name: {arm.name!r} used twice")
         names.add(arm.name)

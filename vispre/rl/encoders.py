@@ -54,24 +54,30 @@ def _normalisation(backbone: nn.Module) -> tuple[tuple, tuple, tuple | None]:
 
 
 class PixelEncoder(nn.Module):
-    """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``augment.shift_frames``)."""
+    """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``augment.shift_frames``).
 
-    def __init__(self, backbone: Encoder | NatureCNN, frame_stack: int = 1, input_size: int = 0):
+    Each frame's feature is the backbone's pooled feature or, with ``head`` (e.g. an ICVF export's phi),
+    ``head(output.<head.reads>)`` of width ``head.out_dim``."""
+
+    def __init__(self, backbone: Encoder | NatureCNN, frame_stack: int = 1, input_size: int = 0,
+                 head: nn.Module | None = None):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.head = backbone, head
         self.frame_stack = frame_stack
         mean, std, fixed = _normalisation(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.input_size = (input_size, input_size) if input_size else fixed
-        self.num_features = backbone.num_features * frame_stack
+        self.feature_dim = head.out_dim if head is not None else backbone.num_features  # per frame
+        self.num_features = self.feature_dim * frame_stack
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         b, s, h, w, c = obs.shape
         x = obs.permute(0, 1, 4, 2, 3).reshape(b * s, c, h, w).float().div_(255)
         if self.input_size is not None and (h, w) != tuple(self.input_size):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
-        features = self.backbone((x - self.mean) / self.std).pooled
+        output = self.backbone((x - self.mean) / self.std)
+        features = output.pooled if self.head is None else self.head(getattr(output, self.head.reads))
         return features.reshape(b, -1)
 
 
@@ -109,7 +115,7 @@ def precompute_features(encoder: PixelEncoder, frames: np.ndarray, device: torch
     ``dedup``: each distinct frame is encoded once."""
     encoder.eval().to(device)
     rows, inverse = unique_rows(frames) if dedup else (np.arange(len(frames)), None)
-    out = np.empty((len(rows), encoder.backbone.num_features), np.float32)
+    out = np.empty((len(rows), encoder.feature_dim), np.float32)
     for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=None, leave=False):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[rows[i:i + batch_size]])).to(device)
         out[i:i + len(chunk)] = encoder(chunk[:, None]).float().cpu().numpy()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import to_yaml
+from ..config import ConfigError, to_yaml
 from .agent import to_torch
 from .arms import FrozenFeatures, build_arm
 from .bc import BC
@@ -141,6 +141,7 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
     name none."""
     if not isinstance(cfg, OfflineRLConfig):
         cfg = load_offline_rl_config(cfg, overrides)
+    check_exports(cfg, encoder_path)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
@@ -194,6 +195,20 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
 
 
 RECORD = "record.json"
+
+
+def check_exports(cfg: OfflineRLConfig, encoder_path: str | None) -> None:
+    """Before any data is made or any arm trains: every arm that reads an export has one, and it is there."""
+    for i, arm in enumerate(cfg.arms):
+        path = arm.encoder or encoder_path or ""
+        if arm.kind == "scratch" and arm.architecture == "nature":
+            continue
+        if not path:
+            raise ConfigError(f"arms.{i}.encoder: arm {arm.name!r} ({arm.kind}) needs an exported encoder: "
+                              "pass --encoder DIR or set the arm's encoder field")
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"arms.{i}.encoder: arm {arm.name!r}: {path} is not a vispre export "
+                                    "(no config.json): make one with 'vispre export RUN DIR'")
 
 
 def run_key(cfg: OfflineRLConfig, arm, encoder: str, train_path: Path) -> str:

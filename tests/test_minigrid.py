@@ -8,6 +8,7 @@ import torch
 
 from vispre.data import ClipFrames, DataConfig, build_loader
 from vispre.data.trajectories import load_trajectories
+from vispre.data.transforms import CenterCrop
 from vispre.envs import (
     TASKS,
     Behaviour,
@@ -113,3 +114,33 @@ def test_video_npz_and_clip_shards_agree(tmp_path):
         assert meta["layout_seed"] == arrays["layout_seeds"][start] and meta["goal"] == [7, 7]
         start += len(frames)
     assert json.loads((tmp_path / "info.json").read_text())["params"]["episodes"] == 6
+
+
+def test_distinct_frames_as_image_shards(tmp_path):
+    """tools/minigrid_frames_to_shards.py: each distinct frame once, lossless, readable as image shards."""
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "minigrid_frames_to_shards.py"
+    spec = importlib.util.spec_from_file_location("minigrid_frames_to_shards", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    build_minigrid_video(tmp_path, episodes=6, val_episodes=2, behaviour=Behaviour(max_steps=12), formats=("npz",))
+    frames = load_trajectories(tmp_path / "simple_crossing-play.npz")["observations"]
+    distinct = np.unique(frames.reshape(len(frames), -1), axis=0)
+    summary = module.write_frames(tmp_path / "simple_crossing-play.npz", tmp_path / "frames", samples_per_shard=10)
+    assert summary == {"frames": len(distinct), "rows": len(frames), "shards": -(-len(distinct) // 10)}
+    assert len(distinct) < len(frames)  # the rollouts revisit frames
+
+    cfg = DataConfig(spec=str(tmp_path / "frames"), format="image", resampled=False, workers=0, shuffle_buffer=0,
+                     shard_shuffle=False, batch_size=1)
+    seen = []
+    for batch in build_loader(cfg, transform=CenterCrop(64, crop_pct=1.0)):
+        row = batch["json"][0]["row"]
+        seen.append(row)
+        np.testing.assert_array_equal(batch["image"][0].permute(1, 2, 0).numpy(), frames[row])  # PNG: exact
+    assert len(seen) == len(distinct) == len(set(seen))
+    with pytest.raises(KeyError, match="no 'observations'"):
+        np.savez(tmp_path / "bad.npz", actions=np.zeros(3))
+        module.write_frames(tmp_path / "bad.npz", tmp_path / "bad")

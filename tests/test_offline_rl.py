@@ -278,6 +278,12 @@ def test_recipes_load_and_bad_fields_are_named():
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["arms=[{kind: pretrained}]"])
     with pytest.raises(ConfigError, match="agent.stepz"):
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["agent.stepz=3"])
+    # an override reaches one item of a list the recipe defines (make rl-compare sets arms.2.encoder)
+    compare = load_offline_rl_config(ROOT / "eval/offline_rl_minigrid_compare.yaml", ["arms.2.encoder=elsewhere"])
+    assert [a.encoder for a in compare.arms] == ["", "runs/minigrid/icvf-export", "elsewhere"]
+    assert compare.arms[1].features == "phi" and compare.agent.steps == cpu.agent.steps  # the rest from _base_
+    with pytest.raises(ConfigError, match=r"arms\.x\.encoder"):
+        load_offline_rl_config(ROOT / "eval/offline_rl_minigrid_compare.yaml", ["arms.x.encoder=elsewhere"])
     with pytest.raises(ConfigError, match=r"arms\.0\.features"):
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["arms=[{kind: scratch, features: phi}]"])
 

@@ -45,8 +45,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             config = OmegaConf.merge(config, defaults)
         if path is not None:
             config = OmegaConf.merge(config, load_yaml(path))
-        if overrides:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        config = apply_overrides(config, overrides)
         missing = sorted(OmegaConf.missing_keys(config))
         if missing:
             raise ConfigError(f"{path or schema.__name__}: missing required value(s): {', '.join(missing)}")
@@ -55,6 +54,29 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         where = f"{path}: " if path else ""
         message = str(getattr(e, "msg", e)).splitlines()[0]
         raise ConfigError(f"{where}{getattr(e, 'full_key', '?')}: {message}") from e
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    """``key=value`` overrides, one at a time, values parsed as YAML; returns the config. A key through a list
+    item (``arms.2.encoder=DIR``) goes through ``OmegaConf.update``: merging a ``from_dotlist`` tree would read
+    ``2`` as a dict key. Other keys merge, which also fills optional sections left at None."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        tree = OmegaConf.from_dotlist([item])
+        try:
+            if any(part.isdigit() for part in key.split(".")):
+                OmegaConf.update(config, key, OmegaConf.select(tree, key), merge=True)
+            else:
+                config = OmegaConf.merge(config, tree)
+        except OmegaConfBaseException as e:
+            if getattr(e, "full_key", None):
+                raise  # load_config's handler names the key
+            raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from e
+        except (IndexError, TypeError, ValueError) as e:  # e.g. a list index where the node is no list
+            raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from e
+    return config
 
 
 def to_yaml(config: Any) -> str:

@@ -33,7 +33,7 @@ def make_shards(directory: Path, side: int, count: int) -> str:
     from PIL import Image
 
     from vispre.data.demo import load_photos
-    from vispre.data.writer import ShardWriter
+    from vispre.data.shard_writer import ShardWriter
 
     photos = list(load_photos().values())
     rng = np.random.RandomState(side)

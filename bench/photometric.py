@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 import torchvision.transforms.v2 as T
 
-from vispre.photometric import IMAGENET_MEAN, IMAGENET_STD, Photometric
+from vispre.views.photometric import IMAGENET_MEAN, IMAGENET_STD, Photometric
 
 
 def torchvision_pipeline(p: Photometric) -> T.Compose:

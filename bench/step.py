@@ -24,8 +24,8 @@ import torch
 
 from vispre.methods import build_method
 from vispre.models import build_encoder
-from vispre.recipe import load_recipe
-from vispre.views import candidate_boxes
+from vispre.pretrain.recipe import load_recipe
+from vispre.views.boxes import candidate_boxes
 
 
 def fake_batch(b, sizes, counts, device):

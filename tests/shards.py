@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vispre.data.writer import update_sizes, write_shard
+from vispre.data.shard_writer import update_sizes, write_shard
 
 
 def jpeg(width=40, height=32, seed=0, mode="RGB", fmt="JPEG") -> bytes:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.shards import jpeg, make_image_shards
 from vispre.data import DataConfig, build_loader
-from vispre.data.writer import update_sizes, write_shard
+from vispre.data.shard_writer import update_sizes, write_shard
 
 
 def png_with_size(width, height) -> bytes:

@@ -10,13 +10,13 @@ from PIL import Image
 
 from tests.shards import jpeg, make_image_shards
 from vispre.cli import main as cli
-from vispre.config import ConfigError, load_config
 from vispre.data import DataConfig, build_loader
 from vispre.data.decode import decode_rgb, jpeg_reduction
 from vispre.data.skips import SkipCounter
 from vispre.data.transforms import CropGroup, RandomViews
 from vispre.data.urls import lookup_sizes, parse_spec
-from vispre.views import box_iou, sample_boxes
+from vispre.utils.typed_config import ConfigError, load_config
+from vispre.views.boxes import box_iou, sample_boxes
 
 
 def test_spec_brace_directory_and_sources(tmp_path):
@@ -109,7 +109,7 @@ def test_fsspec_url_scheme(tmp_path):
 def test_cli_inspect_json_and_write_sizes(tmp_path, capsys):
     directory, _ = make_image_shards(tmp_path, [3, 4], write_sizes=False)
     bad = tmp_path / "bad"
-    from vispre.data.writer import write_shard
+    from vispre.data.shard_writer import write_shard
 
     write_shard(bad / "b-00000.tar", [{"__key__": "x", "jpg": b"junk"}, {"__key__": "y", "jpg": jpeg()}])
     assert cli(["shards", "inspect", f"{directory}::{bad}", "--json", "--decode"]) == 0

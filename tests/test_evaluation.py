@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vispre.config import ConfigError, load_config
-from vispre.data.writer import update_sizes, write_shard
+from vispre.data.shard_writer import update_sizes, write_shard
 from vispre.evaluation import EvalConfig, EvalTransform, Features, KnnConfig, LinearConfig, cached_features
 from vispre.evaluation.config import FeatureConfig, FewshotConfig, check_config
 from vispre.evaluation.datasets import ShardSource
@@ -29,6 +28,7 @@ from vispre.evaluation.linear import (
 )
 from vispre.evaluation.metrics import average_precision, multilabel_metrics
 from vispre.models import build_encoder
+from vispre.utils.typed_config import ConfigError, load_config
 
 CLASSES, DIM = 10, 32
 
@@ -262,7 +262,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 def test_every_recipe_loads():
     from vispre.commands.eval import recipe_kind
-    from vispre.rl.config import load_offline_rl_config
+    from vispre.rl.rl_recipe import load_offline_rl_config
 
     for recipe in sorted((Path(__file__).parents[1] / "eval").glob("*.yaml")):
         if recipe_kind(recipe) == "offline_rl":
@@ -279,7 +279,7 @@ def test_every_recipe_loads():
 def test_vispre_eval_end_to_end(tmp_path, capsys):
     from tests.test_export import trained_checkpoint
     from vispre.cli import main
-    from vispre.export import export
+    from vispre.export.write import export
 
     encoder_dir = export(trained_checkpoint(tmp_path / "run")[0], tmp_path / "encoder")
     train = write_labelled_shards(tmp_path / "train", 60, seed=0)

@@ -15,15 +15,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.test_methods import fake_batch, tiny_recipe
-from vispre.checkpoint import save_checkpoint
 from vispre.cli import main
-from vispre.config import to_yaml
-from vispre.export import export, load_encoder, load_module
+from vispre.export.card import append_scores
+from vispre.export.write import export, load_encoder, load_module
 from vispre.methods import DINO, build_method
-from vispre.model_card import append_scores
 from vispre.models import Encoder, build_encoder
 from vispre.models.init_weights import init_encoder
-from vispre.photometric import IMAGENET_MEAN, IMAGENET_STD
+from vispre.pretrain.checkpoint import save_checkpoint
+from vispre.utils.typed_config import to_yaml
+from vispre.views.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).parents[1]
 
@@ -90,14 +90,14 @@ def test_plain_timm_loads_the_export_with_the_same_features(vit_run, vit_export,
     assert info["mean"] == pytest.approx(IMAGENET_MEAN) and info["std"] == pytest.approx(IMAGENET_STD)
     assert info["interpolation"] == "bilinear" and info["crop_pct"] == 0.875
     with torch.no_grad():
-        expected = method.export_encoder("ema")(x).pooled
+        expected = method.export_encoder("target")(x).pooled
     torch.testing.assert_close(load_file(tmp_path / "y.safetensors")["features"], expected, atol=1e-5, rtol=0)
 
 
 def test_the_folder_holds_encoder_weights_only_and_a_card(vit_run, vit_export):
     _, method = vit_run
     weights = load_file(vit_export / "model.safetensors")
-    teacher = method.export_encoder("ema").timm_model.state_dict()
+    teacher = method.export_encoder("target").timm_model.state_dict()
     assert weights.keys() == teacher.keys()  # no DINO head, no student, no optimizer
     assert all(torch.equal(weights[k], teacher[k]) for k in weights)
     config = json.loads((vit_export / "config.json").read_text())
@@ -105,18 +105,18 @@ def test_the_folder_holds_encoder_weights_only_and_a_card(vit_run, vit_export):
     assert config["model_args"]["embed_dim"] == 64 and config["global_pool"] == "token"
     assert "tag" not in config["pretrained_cfg"]  # timm's release metadata does not describe our weights
     card = (vit_export / "README.md").read_text()
-    for text in ("method | dino", "steps | 2 of 24", "EMA / target", "32x32 px", "name: pretrain", "None yet"):
+    for text in ("method | dino", "steps | 2 of 24", "target network", "32x32 px", "name: pretrain", "None yet"):
         assert text in card, text
 
 
-def test_online_and_ema_copies_differ_after_updates(vit_run, vit_export, tmp_path):
+def test_online_and_target_copies_differ_after_updates(vit_run, vit_export, tmp_path):
     run, method = vit_run
     online = export(run, tmp_path / "online", which="online")
     ema, student = load_file(vit_export / "model.safetensors"), load_file(online / "model.safetensors")
     expected = method.export_encoder("online").timm_model.state_dict()
     assert all(torch.equal(student[k], expected[k]) for k in student)
     assert max((ema[k] - student[k]).abs().max().item() for k in ema) > 1e-4
-    assert "online (student)" in (online / "README.md").read_text()
+    assert "online network" in (online / "README.md").read_text()
     with pytest.raises(ValueError, match="which"):
         export(run, tmp_path / "bad", which="teacher")
 
@@ -129,7 +129,7 @@ def test_load_encoder_round_trip_and_random_init(vit_run, vit_export):
     assert encoder.model_args["dynamic_img_size"] is True
     assert encoder.timm_model.pretrained_cfg["input_size"] == (3, 32, 32)
     with torch.no_grad():
-        ours, theirs = encoder(x), method.export_encoder("ema")(x)
+        ours, theirs = encoder(x), method.export_encoder("target")(x)
         torch.testing.assert_close(ours.pooled, theirs.pooled, atol=1e-6, rtol=0)
         torch.testing.assert_close(ours.tokens, theirs.tokens, atol=1e-6, rtol=0)
         random = load_encoder(vit_export, random_init=True)
@@ -145,7 +145,7 @@ def test_resnet_exports_too(tmp_path):
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), method.export_encoder("ema")(x).pooled, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(x), method.export_encoder("target")(x).pooled, atol=1e-5, rtol=0)
     assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.num_features == 96
     assert "running_mean" in " ".join(load_file(out / "model.safetensors"))  # BatchNorm statistics travel
 
@@ -172,11 +172,11 @@ def test_scores_go_on_the_card_and_replace_by_name(vit_run, tmp_path):
 
 def test_export_modules_hook(vit_run, tmp_path, monkeypatch):
     monkeypatch.setattr(DINO, "export_modules", lambda self, which: {"phi": self.net(
-        "teacher" if which == "ema" else "student")["head"]}, raising=False)
+        "teacher" if which == "target" else "student")["head"]}, raising=False)
     _, method = vit_run
     out = export(vit_run[0], tmp_path / "encoder")
     described = json.loads((out / "phi.json").read_text())
-    assert described["class"] == "vispre.models.heads.DINOHead" and described["which"] == "ema"
+    assert described["class"] == "vispre.models.heads.DINOHead" and described["which"] == "target"
     head = copy.deepcopy(method.net("teacher")["head"])
     with torch.no_grad():
         for p in head.parameters():
@@ -201,7 +201,7 @@ def test_onnx_matches_torch(vit_run, tmp_path):
     x = torch.randn(5, 3, 32, 32)  # another batch size than the traced one
     got = session.run(["features"], {"pixel_values": x.numpy()})[0]
     with torch.no_grad():
-        expected = vit_run[1].export_encoder("ema")(x).pooled.numpy()
+        expected = vit_run[1].export_encoder("target")(x).pooled.numpy()
     assert abs(got - expected).max() < 1e-4
     assert "`model.onnx`" in (out / "README.md").read_text()
 
@@ -226,7 +226,7 @@ def test_push_to_hub_dry_run_lists_files_offline(vit_run, tmp_path, monkeypatch,
 def test_push_to_hub_uploads_the_top_level_files(vit_run, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from vispre.hub import push_to_hub
+    from vispre.export.hub import push_to_hub
 
     calls = []
 
@@ -297,7 +297,7 @@ def test_init_from_a_vispre_checkpoint(vit_run):
     encoder = _encoder()
     prefix = init_encoder(encoder, run / "checkpoints" / "checkpoint-00000002" / "model.safetensors")
     assert prefix == "teacher.module.encoder.timm_model."
-    expected = method.export_encoder("ema").timm_model.state_dict()
+    expected = method.export_encoder("target").timm_model.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in encoder.timm_model.state_dict().items())
 
 
@@ -319,14 +319,14 @@ def test_init_errors_name_the_file_and_keys(tmp_path):
 
 
 def test_recipe_model_init_initialises_both_networks(tmp_path, image_shards):
-    from vispre.train import Trainer
+    from vispre.pretrain.loop import Trainer
 
     source = _encoder().timm_model.state_dict()
     save_file({f"module.{k}": v for k, v in source.items()}, tmp_path / "init.safetensors")
     cfg = tiny_recipe(tmp_path, image_shards[0], "method.name=dino", f"model.init={tmp_path / 'init.safetensors'}",
                       "data.workers=0")
     method = Trainer(cfg).method
-    for which in ("online", "ema"):
+    for which in ("online", "target"):
         loaded = method.export_encoder(which).timm_model.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in source.items())
 

@@ -6,8 +6,8 @@ import pytest
 
 from tests.shards import jpeg
 from vispre.data import DataConfig, build_loader
+from vispre.data.convert import write_shards
 from vispre.data.sources import CocoSource, VideoSource
-from vispre.data.write import write_shards
 
 av = pytest.importorskip("av")
 
@@ -51,7 +51,7 @@ def test_video_clips_stream_as_ordered_frames(tmp_path):
 
 
 def test_labelled_eval_stream_centre_crops(tmp_path):
-    from vispre.data.writer import ShardWriter
+    from vispre.data.shard_writer import ShardWriter
 
     with ShardWriter(tmp_path, samples_per_shard=3) as writer:
         for i in range(7):

@@ -22,14 +22,14 @@ from vispre.data.goals import (
     draw_samples,
     resolve_random,
 )
+from vispre.data.shard_writer import ShardWriter
 from vispre.data.trajectories import TrajectoryLoader
-from vispre.data.writer import ShardWriter
-from vispre.diagnostics import spearman
 from vispre.envs import save_npz
 from vispre.methods import ICVF, ICVFConfig
 from vispre.methods.icvf import load_exported_phi
 from vispre.models import build_encoder
 from vispre.models.icvf import MultilinearValue, ValueEnsemble
+from vispre.utils.diagnostics import spearman
 
 TINY = {"name": "test_vit", "img_size": 16, "patch_size": 8}
 
@@ -216,9 +216,9 @@ def test_loss_equals_hand_computation(min_q):
 
 def test_export_hooks_and_polyak_target():
     method = tiny_icvf()
-    assert set(method.export_modules("ema")) == {"phi"}
+    assert set(method.export_modules("target")) == {"phi"}
     assert method.export_encoder("online") is method.online["encoder"]
-    assert method.export_encoder("ema") is method.target.module["encoder"]
+    assert method.export_encoder("target") is method.target.module["encoder"]
     with torch.no_grad():
         for p in method.online.parameters():
             p.fill_(1.0)
@@ -226,7 +226,7 @@ def test_export_hooks_and_polyak_target():
     method.update_target(0.99)  # V-bar <- 0.99 V-bar + 0.01 V
     for old, new in zip(before, method.target.module.parameters()):
         assert torch.allclose(new, 0.99 * old + 0.01)
-    assert tiny_icvf(head="monolithic").export_modules("ema") == {}
+    assert tiny_icvf(head="monolithic").export_modules("target") == {}
 
 
 # -- through the training loop -------------------------------------------------------------------------------
@@ -252,8 +252,8 @@ def test_short_training_run_loss_falls(tmp_path, clip_shards):
     weights move from 1 - alpha to alpha as advantages turn positive, and bootstrapped targets grow), so
     this run uses alpha = 0.5 (constant weights) and gamma = 0 (targets r = 0 reached / -1 not): a plain
     regression that must fall. The bootstrapped loss itself is checked by hand above."""
-    from vispre.recipe import load_recipe
-    from vispre.train import Trainer
+    from vispre.pretrain.loop import Trainer
+    from vispre.pretrain.recipe import load_recipe
 
     cfg = load_recipe(None, [
         f"model.name={TINY['name']}", "model.kwargs={img_size: 32, patch_size: 8}", "method.name=icvf",
@@ -273,22 +273,22 @@ def test_short_training_run_loss_falls(tmp_path, clip_shards):
     assert (tmp_path / "checkpoints" / "checkpoint-00000040" / "model.safetensors").exists()
 
     # vispre export: the encoder as a timm folder and phi (grid pooling + MLP) as its own module
-    from vispre.export import export, load_encoder, load_method
+    from vispre.export.write import export, load_encoder, load_method
 
     out = export(tmp_path, tmp_path / "export")
     encoder, phi = load_encoder(out), load_exported_phi(out)
     method = load_method(tmp_path / "checkpoints" / "checkpoint-00000040")[0]
     images = method.prepare(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
     with torch.no_grad():
-        expected = method.net("ema")["value"].phi(method.encode(method.net("ema"), images))
+        expected = method.net("target")["value"].phi(method.encode(method.net("target"), images))
         assert torch.allclose(phi(encoder(images).tokens), expected, atol=1e-5)
         # the offline-RL arms read the same phi(s) from uint8 frames (features: phi)
         from vispre.rl.arms import _pixel_encoder
-        from vispre.rl.config import ArmConfig
+        from vispre.rl.rl_recipe import ArmConfig
 
         frames = torch.randint(0, 256, (3, 1, 32, 32, 3), dtype=torch.uint8)
         pixels = _pixel_encoder(ArmConfig(kind="frozen", features="phi"), str(out), 1, random_init=False).eval()
         assert pixels.num_features == 32  # hidden_dims[-1]
-        direct = method.net("ema")["value"].phi(method.encode(method.net("ema"), method.prepare(
+        direct = method.net("target")["value"].phi(method.encode(method.net("target"), method.prepare(
             frames[:, 0].permute(0, 3, 1, 2))))
         assert torch.allclose(pixels(frames), direct, atol=1e-4)

@@ -9,8 +9,8 @@ from tests.shards import make_image_shards
 from vispre.methods import build_method
 from vispre.methods.dino import pairwise_cross_entropy
 from vispre.models import build_encoder
-from vispre.recipe import load_recipe
-from vispre.train import pretrain
+from vispre.pretrain.loop import pretrain
+from vispre.pretrain.recipe import load_recipe
 
 TINY_MODEL = ["model.name=vit_tiny_patch16_224", "model.kwargs={img_size: 32, patch_size: 8, embed_dim: 64, "
               "depth: 2, num_heads: 2}"]
@@ -29,7 +29,7 @@ def tiny_recipe(tmp_path, spec, *overrides):
 
 def fake_batch(b=4, groups=((2, 32), (2, 16)), seed=0):
     g = torch.Generator().manual_seed(seed)
-    from vispre.views import candidate_boxes
+    from vispre.views.boxes import candidate_boxes
 
     views = [torch.randint(0, 256, (b, n, 3, s, s), dtype=torch.uint8, generator=g) for n, s in groups]
     n_views = sum(n for n, _ in groups)

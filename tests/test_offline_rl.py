@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vispre.config import ConfigError
 from vispre.rl.agent import to_torch
 from vispre.rl.augment import random_shift, shift_frames
-from vispre.rl.config import AgentConfig, load_offline_rl_config
 from vispre.rl.datasets import Transitions, goal_rewards, load_ogbench
 from vispre.rl.encoders import FeatureEncoder, NatureCNN, PixelEncoder
 from vispre.rl.evaluate import monte_carlo_returns
@@ -21,6 +19,8 @@ from vispre.rl.hiql import HIQL
 from vispre.rl.iql import IQL, awr_weights, expectile_loss, td_target
 from vispre.rl.networks import ActionSpace
 from vispre.rl.npz import is_memory_mapped, read_npz
+from vispre.rl.rl_recipe import AgentConfig, load_offline_rl_config
+from vispre.utils.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +307,7 @@ def test_arms_without_their_export_fail_before_any_work(tmp_path):
 @pytest.fixture(scope="module")
 def oracle_layout0(tmp_path_factory) -> Path:
     """Noise-free oracle episodes from the environment's start on one SimpleCrossing layout (train layout 0)."""
-    from vispre.envs.datasets import build_minigrid_video
+    from vispre.envs.recordings import build_minigrid_video
     from vispre.envs.rollouts import Behaviour
 
     out = tmp_path_factory.mktemp("oracle")
@@ -320,7 +320,7 @@ def test_bc_on_oracle_data_solves_the_easiest_task(oracle_layout0):
     """The easiest task: one SimpleCrossing layout, the environment's own start. BC from pixels (NatureCNN
     trained end to end) on noise-free oracle data reaches the goal in every episode, as fast as the oracle."""
     from vispre.rl.bc import BC
-    from vispre.rl.envs import MiniGridEval
+    from vispre.rl.eval_envs import MiniGridEval
     from vispre.rl.evaluate import rollouts
 
     torch.manual_seed(0)
@@ -339,7 +339,7 @@ def test_bc_on_oracle_data_solves_the_easiest_task(oracle_layout0):
 
 def test_the_comparison_runs_end_to_end(tmp_path):
     """Generate data, train two arms x two seeds briefly, evaluate on held-out layouts, write the report."""
-    from vispre.export import save_encoder
+    from vispre.export.write import save_encoder
     from vispre.models import Encoder
     from vispre.rl import run_offline_rl
 

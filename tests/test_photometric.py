@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from vispre.photometric import IMAGENET_MEAN, IMAGENET_STD, Photometric
+from vispre.views.photometric import IMAGENET_MEAN, IMAGENET_STD, Photometric
 
 OFF = {"jitter_p": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "grey_p": 0.0, "mean": None}
 TOL = 1e-5  # against torchvision on the same float image (x / 255); far below 1/255
@@ -161,7 +161,7 @@ def test_presets():
 
 def test_accelerator_path_selects_instead_of_indexing(monkeypatch):
     """Off the CPU, ops run on every sample and are selected (no host sync): the same output."""
-    import vispre.photometric as ph
+    import vispre.views.photometric as ph
 
     x = images(24)
     for aug in (Photometric.dino("global2", order="random"), Photometric.dino("local")):

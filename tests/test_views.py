@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vispre.views import (
+from vispre.views.boxes import (
     apply_action,
     box_iou,
     candidate_actions,

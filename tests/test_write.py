@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from vispre.commands import shards_write
+from vispre.data.convert import write_shards
+from vispre.data.shard_writer import check_key, read_sizes
 from vispre.data.sources import CocoSource, HFSource, ImageFolderSource, Source, SourceError, VideoSource
-from vispre.data.write import write_shards
-from vispre.data.writer import check_key, read_sizes
 
 # ---------------------------------------------------------------------------------- helpers
 

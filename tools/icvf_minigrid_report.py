@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vispre.checkpoint import find_checkpoint, load_checkpoint
-from vispre.config import load_config
 from vispre.data.trajectories import load_trajectories
-from vispre.diagnostics import spearman
 from vispre.envs import Behaviour, Oracle, build_minigrid_video, get_task, make_env, reset
 from vispre.methods import build_method
 from vispre.models import build_encoder
-from vispre.recipe import PretrainConfig, load_recipe
+from vispre.pretrain.checkpoint import find_checkpoint, load_checkpoint
+from vispre.pretrain.recipe import PretrainConfig, load_recipe
+from vispre.utils.diagnostics import spearman
+from vispre.utils.typed_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def initial_method(cfg: PretrainConfig):
 def features(method, frames: np.ndarray, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Target network, uint8 [N, H, W, 3] frames: what the heads read (the grid-pooled map or the pooled
     feature), phi, and timm's own pooled feature (what ``Encoder(x).pooled`` gives a downstream user)."""
-    net = method.net("ema")
+    net = method.net("target")
     feats, pooled = [], []
     for i in range(0, len(frames), batch):
         images = method.prepare(torch.from_numpy(frames[i:i + batch]).permute(0, 3, 1, 2))
@@ -77,7 +77,7 @@ def features(method, frames: np.ndarray, batch: int = 512) -> tuple[torch.Tensor
 @torch.no_grad()
 def values(method, feats: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """V(s_i, s_j, s_j): the value of frame i for reaching frame j (ensemble mean)."""
-    return method.net("ema")["value"](feats[i], feats[j], feats[j]).mean(0)
+    return method.net("target")["value"](feats[i], feats[j], feats[j]).mean(0)
 
 
 # -- ground truth ---------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     run = Path(cfg.train.output_dir)
     wall = None
     if not args.skip_train:
-        from vispre.train import Trainer
+        from vispre.pretrain.loop import Trainer
 
         start = time.perf_counter()
         Trainer(cfg).fit()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vispre.data.writer import ShardWriter
+from vispre.data.shard_writer import ShardWriter
 from vispre.rl.encoders import unique_rows
 
 

@@ -4,8 +4,8 @@ steps, then check that both ranks hold identical weights (DDP kept them in sync)
 import json
 import sys
 
-from vispre.recipe import load_recipe
-from vispre.train import Trainer
+from vispre.pretrain.loop import Trainer
+from vispre.pretrain.recipe import load_recipe
 
 
 def main():

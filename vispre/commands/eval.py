@@ -65,10 +65,10 @@ def _merge_rest(args: argparse.Namespace) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..config import ConfigError, load_config, to_yaml
     from ..evaluation import EvalConfig, evaluate
     from ..evaluation.config import check_config
-    from ..export import load_encoder
+    from ..export.write import load_encoder
+    from ..utils.typed_config import ConfigError, load_config, to_yaml
 
     args = _merge_rest(args)
     if recipe_kind(args.recipe) == "offline_rl":
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(results["table"])
     print(f"results: {out / 'results.json'}" + (f"; plots: {', '.join(results['plots'])}" if results["plots"] else ""))
     if args.append_to_card:
-        from ..export import append_scores
+        from ..export.write import append_scores
 
         protocol = {k: v for k, v in results["protocol"].items() if k != "host"}
         protocol["features"] = {k: v for k, v in protocol["features"].items() if k != "cache"}
@@ -114,9 +114,9 @@ def recipe_kind(path: str) -> str:
 
 def run_offline_rl(args: argparse.Namespace) -> int:
     """Offline RL from pixels: every arm (scratch, the --encoder export frozen / fine-tuned, random) x seed."""
-    from ..config import to_yaml
-    from ..rl.config import load_offline_rl_config
+    from ..rl.rl_recipe import load_offline_rl_config
     from ..rl.run import run_offline_rl as run_rl
+    from ..utils.typed_config import to_yaml
 
     cfg = load_offline_rl_config(args.recipe, args.overrides)
     if args.print_config:

@@ -15,7 +15,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
                         help="a run directory (train.output_dir) or one checkpoint-XXXXXXXX directory")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (an earlier export there is replaced)")
-    parser.add_argument("--which", choices=("ema", "online"), default="ema",
+    parser.add_argument("--which", choices=("target", "online"), default="target",
                         help="the EMA / target (teacher) network (default) or the online (student) one")
     parser.add_argument("--onnx", action="store_true",
                         help="also write model.onnx (pooled features), checked with onnxruntime when installed")
@@ -28,8 +28,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export
-    from ..hub import push_to_hub
+    from ..export.hub import push_to_hub
+    from ..export.write import export
 
     if args.dry_run and not args.push_to_hub:
         raise SystemExit("vispre export: --dry-run only applies to --push-to-hub")

@@ -21,14 +21,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import to_yaml
-    from ..recipe import load_recipe
+    from ..pretrain.recipe import load_recipe
+    from ..utils.typed_config import to_yaml
 
     cfg = load_recipe(args.recipe, args.overrides)
     if args.print_config:
         print(to_yaml(cfg))
         return 0
-    from ..train import pretrain
+    from ..pretrain.loop import pretrain
 
     out = pretrain(cfg, resume=args.resume)
     print(f"checkpoints: {out / 'checkpoints'}\nlogs: {out / 'metrics.jsonl'} (tensorboard: {out})")

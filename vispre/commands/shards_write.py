@@ -132,8 +132,8 @@ def make_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from vispre.data.convert import write_shards
     from vispre.data.sources import SourceError
-    from vispre.data.write import write_shards
 
     try:
         source = make_source(args)

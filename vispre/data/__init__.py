@@ -4,8 +4,8 @@ Stages, in the order data flows: urls (specs, opening) -> tar (raw samples) -> s
 slot, shuffle, resume) -> transforms (decode, crop) -> loader (one rank's epochs and state).
 """
 
-from .config import DataConfig, build_loader, build_transform
 from .loader import StreamLoader
+from .pipeline import DataConfig, build_loader, build_transform
 from .skips import SkipCounter, SkipSample
 from .stream import Layout, ShardStream
 from .transforms import CenterCrop, ClipFrames, CropGroup, RandomViews, SampleDecoder

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from . import formats
 from .decode import DEFAULT_MAX_PIXELS, check_size, decode_rgb, image_size
+from .shard_writer import update_sizes
 from .skips import SkipCounter, SkipSample
 from .tar import iter_shard
 from .urls import open_url, parse_spec, scheme
-from .writer import update_sizes
 
 
 def check_sample(raw: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

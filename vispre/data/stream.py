@@ -18,7 +18,6 @@ that many samples: the data order continues exactly, nothing is seen twice or lo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from functools import partial
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..utils.seeding import stable_seed as _seed
 from .skips import SkipCounter, SkipSample
 from .tar import iter_shard
 from .transforms import collate
@@ -48,12 +48,6 @@ class Layout:
 
     def slot(self, worker: int, rank: int | None = None) -> int:
         return (self.rank if rank is None else rank) * self.workers + worker
-
-
-def _seed(*parts) -> int:
-    """A 63-bit seed from any parts; stable across processes and Python runs (unlike ``hash``)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def _rng(*parts) -> random.Random:

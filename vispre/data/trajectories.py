@@ -13,13 +13,13 @@ draws exactly the batches an uninterrupted one would. The whole array is held in
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..utils.seeding import stable_seed as _seed
 from .goals import GoalMix, draw_samples
 
 STATE_VERSION = 1
@@ -50,10 +50,6 @@ def episode_ends(terminals: np.ndarray) -> np.ndarray:
     """For every row, the row index of its episode's last frame."""
     ends = np.flatnonzero(terminals)
     return ends[np.searchsorted(ends, np.arange(len(terminals)))]
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
 class TrajectoryLoader:

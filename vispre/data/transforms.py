@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from ..views import sample_boxes
 from . import formats
+from .crop_boxes import sample_boxes
 from .decode import DEFAULT_MAX_PIXELS, check_size, decode_rgb, image_size
 from .skips import SkipSample
 

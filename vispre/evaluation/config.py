@@ -110,7 +110,7 @@ class EvalConfig:
 
 def check_config(cfg: EvalConfig) -> None:
     """Value checks the types cannot express; errors name the field."""
-    from ..config import ConfigError
+    from ..utils.typed_config import ConfigError
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task: must be one of {TASKS}, got {cfg.task!r}")

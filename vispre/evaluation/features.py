@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..utils.device import resolve_device  # noqa: F401  (re-exported)
 from .transform import EvalTransform
 
 log = logging.getLogger("vispre.evaluation")
@@ -73,12 +74,6 @@ def state_dict_hash(module: torch.nn.Module) -> str:
 def encoder_identity(encoder) -> dict:
     return {"architecture": encoder.name, "model_args": json.loads(json.dumps(encoder.model_args, default=str)),
             "weights": state_dict_hash(encoder.timm_model)}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -5,8 +5,9 @@ Without matplotlib (``pip install vispre[eval]``) the plots are skipped with a w
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from ..utils.io import atomic_output
 
 log = logging.getLogger("vispre.evaluation")
 
@@ -24,10 +25,9 @@ def _figure():
 
 
 def _save(figure, path: Path) -> Path:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     figure.tight_layout()
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png")
     return path
 
 

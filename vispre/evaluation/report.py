@@ -9,15 +9,13 @@ head's val/test scores, every k, every few-shot draw).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from .. import __version__
+from ..utils.io import write_json  # noqa: F401  (re-exported for run.py)
 from .metrics import headline
 
 RESULTS_FILE = "results.json"
@@ -78,13 +76,6 @@ def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dic
                                              f"l2 {fewshot.l2}", "feature": "pooled, last block, L2-normalised"}
     protocol["config"] = dataclasses.asdict(cfg)
     return protocol
-
-
-def write_json(path: Path, value) -> Path:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-    return path
 
 
 def format_table(results: dict, task: str) -> str:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..diagnostics import accuracy_by_iou, majority_rate
 from ..models import ActionQHead
-from ..views import box_iou, candidate_boxes, relative_action
+from ..utils.diagnostics import accuracy_by_iou, majority_rate
+from ..views.boxes import box_iou, candidate_boxes, relative_action
 from .base import Encoded, Method, SSLMethod, Views, masked, pair_mask, step_generator
 from .registry import register
 
@@ -69,7 +69,7 @@ class AB(Method):
     def before_optimizer_step(self) -> None:
         self.base.before_optimizer_step()
 
-    def export_encoder(self, which: str = "ema"):
+    def export_encoder(self, which: str = "target"):
         return self.base.export_encoder(which)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:

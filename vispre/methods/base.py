@@ -12,24 +12,17 @@ which Annotation Bootstrapping uses as its reward:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
-from ..diagnostics import accuracy_by_iou, majority_rate
 from ..models import Encoder
-from ..photometric import Photometric
-from ..views import box_iou
-
-
-def step_generator(device, *parts) -> torch.Generator:
-    """A generator seeded from (seed, step, rank, ...): augmentation is a pure function of the step,
-    so a resumed run draws the same crops' colours and candidate boxes as an uninterrupted one."""
-    seed = int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
-    return torch.Generator(device=device).manual_seed(seed)
+from ..utils.diagnostics import accuracy_by_iou, majority_rate
+from ..utils.seeding import step_generator  # noqa: F401  (re-exported for the methods)
+from ..views.boxes import box_iou
+from ..views.photometric import Photometric
 
 
 @dataclass
@@ -85,7 +78,7 @@ class Method(nn.Module):
     def before_optimizer_step(self) -> None:
         """Hook between backward and the optimizer step (e.g. DINO freezes its last layer early on)."""
 
-    def export_encoder(self, which: str = "ema") -> Encoder:
+    def export_encoder(self, which: str = "target") -> Encoder:
         raise NotImplementedError
 
 
@@ -120,8 +113,8 @@ class SSLMethod(Method):
         self.teacher.decay = momentum
         self.teacher.update(self.student)
 
-    def export_encoder(self, which: str = "ema") -> Encoder:
-        return (self.teacher.module if which == "ema" else self.student)["encoder"]
+    def export_encoder(self, which: str = "target") -> Encoder:
+        return (self.teacher.module if which == "target" else self.student)["encoder"]
 
     # -- views ------------------------------------------------------------------------------------
     def prepare(self, batch: dict) -> Views:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import Encoder
-from ..photometric import Photometric
+from ..views.photometric import Photometric
 from .base import Encoded, SSLMethod, Views, step_generator
 from .registry import register
 

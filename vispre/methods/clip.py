@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..distributed import gather_no_grad, gather_with_grad, rank
 from ..models import Encoder, TextTower
+from ..utils.distributed import gather_no_grad, gather_with_grad, rank
 from .base import Encoded, SSLMethod, Views, step_generator
 from .registry import register
 

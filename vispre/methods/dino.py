@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_reduce_mean
 from ..models import DINOHead, Encoder
+from ..utils.distributed import all_reduce_mean
 from .base import Encoded, SSLMethod, Views, pair_mask
 from .registry import register
 

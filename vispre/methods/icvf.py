@@ -28,10 +28,10 @@ from torch import nn
 from ..data import ClipFrames, DataConfig, build_loader
 from ..data.goals import ClipQuadruples, GoalMix, resolve_random
 from ..data.trajectories import TrajectoryLoader
-from ..diagnostics import rankme, spearman, srank
 from ..models import Encoder
 from ..models.icvf import GridFeatures, ValueEnsemble
-from ..photometric import Photometric
+from ..utils.diagnostics import rankme, spearman, srank
+from ..views.photometric import Photometric
 from .base import Method, masked, step_generator
 from .registry import register
 
@@ -86,7 +86,7 @@ class ICVF(Method):
         return out.pooled if self.grid is None else self.grid(out.tokens)
 
     def net(self, which: str) -> nn.ModuleDict:
-        return self.online if which in ("online", "student") else self.target.module
+        return self.online if which == "online" else self.target.module
 
     # -- data -------------------------------------------------------------------------------------------
     def build_loader(self, cfg: DataConfig, rank: int = 0, world_size: int = 1):
@@ -138,13 +138,13 @@ class ICVF(Method):
         self.target.decay = momentum  # V-bar <- momentum V-bar + (1 - momentum) V
         self.target.update(self.online)
 
-    def export_encoder(self, which: str = "ema") -> Encoder:
-        return self.net("online" if which == "student" else which)["encoder"]
+    def export_encoder(self, which: str = "target") -> Encoder:
+        return self.net(which)["encoder"]
 
-    def export_modules(self, which: str = "ema") -> dict[str, nn.Module]:
+    def export_modules(self, which: str = "target") -> dict[str, nn.Module]:
         """phi: the first head's phi, from ``Encoder(x).pooled`` (or, with ``features: grid``, from
         ``Encoder(x).tokens`` through the grid pooling) to the ICVF representation; none for monolithic."""
-        phi = self.net("online" if which == "student" else which)["value"].heads[0].phi
+        phi = self.net(which)["value"].heads[0].phi
         if phi is None:
             return {}
         return {"phi": phi if self.grid is None else nn.Sequential(self.grid, phi)}
@@ -174,7 +174,7 @@ class ICVF(Method):
         clips carry true ``distances`` to the goal and end on it, with minus that distance."""
         if self.probe is None:
             self.probe = self.probe_clips(cfg, frames)
-        net, device = self.net("ema"), next(self.parameters()).device
+        net, device = self.net("target"), next(self.parameters()).device
         generator = torch.Generator().manual_seed(0)
         feats, pairs_v, gaps, goal_v, goal_d = [], [], [], [], []
         per_clip = max(1, self.cfg.diagnostic_pairs // len(self.probe))
@@ -211,9 +211,9 @@ def load_exported_phi(path, random_init: bool = False) -> nn.Module:
 
     from omegaconf import OmegaConf
 
-    from ..config import load_config
-    from ..export import load_module
-    from ..recipe import PretrainConfig
+    from ..export.write import load_module
+    from ..pretrain.recipe import PretrainConfig
+    from ..utils.typed_config import load_config
 
     path = Path(path)
     provenance = json.loads((path / "export.json").read_text())

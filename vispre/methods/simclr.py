@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..distributed import gather_no_grad, gather_with_grad, rank
 from ..models import Encoder, ProjectionHead
+from ..utils.distributed import gather_no_grad, gather_with_grad, rank
 from .base import Encoded, SSLMethod, Views
 from .registry import register
 

@@ -7,7 +7,7 @@ and the comparison with its report (``run``, ``report``), configured by ``config
 
 from __future__ import annotations
 
-from .config import OfflineRLConfig, load_offline_rl_config
+from .rl_recipe import OfflineRLConfig, load_offline_rl_config
 from .run import run_offline_rl
 
 __all__ = ["OfflineRLConfig", "load_offline_rl_config", "run_offline_rl"]

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .augment import shift_frames
-from .config import AgentConfig
 from .datasets import Transitions
 from .networks import ActionSpace
+from .rl_recipe import AgentConfig
 
 
 def to_torch(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:

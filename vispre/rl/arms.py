@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ArmConfig
 from .datasets import Transitions
 from .encoders import CachedFrameEncoder, FeatureEncoder, NatureCNN, PixelEncoder, precompute_features
+from .rl_recipe import ArmConfig
 
 RANDOM_DRAW_SEED = 0
 
@@ -42,7 +42,7 @@ class ArmData:
 def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED):
     if not path:
         raise ValueError("this arm needs an exported encoder: pass --encoder DIR or set the arm's encoder field")
-    from ..export import load_encoder
+    from ..export.write import load_encoder
 
     if random_init:
         torch.manual_seed(draw_seed)

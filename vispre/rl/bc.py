@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .agent import Agent
-from .config import AgentConfig
 from .networks import ActionSpace, Policy
+from .rl_recipe import AgentConfig
 
 
 class BC(Agent):

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .agent import Agent
-from .config import AgentConfig
 from .datasets import Transitions, goal_rewards
 from .iql import awr_weights, expectile_loss, td_target
 from .networks import ActionSpace, Policy, mlp, polyak_target
+from .rl_recipe import AgentConfig
 
 
 def length_normalize(x: torch.Tensor) -> torch.Tensor:

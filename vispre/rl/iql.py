@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .agent import Agent
-from .config import AgentConfig
 from .networks import ActionSpace, Policy, TwinQ, mlp, polyak_target
+from .rl_recipe import AgentConfig
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float, sign: torch.Tensor | None = None) -> torch.Tensor:

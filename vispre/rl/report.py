@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from ..utils.io import atomic_output, write_atomic, write_json
 
 
 def _stats(values: list[float]) -> dict:
@@ -106,10 +100,9 @@ def plot_curves(out_dir: Path, runs: list[dict]) -> list[Path]:
         ax1.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{arm}.png"
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-        fig.savefig(tmp, dpi=100)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        os.replace(tmp, path)
         paths.append(path)
     return paths
 
@@ -117,7 +110,7 @@ def plot_curves(out_dir: Path, runs: list[dict]) -> list[Path]:
 def write_report(out: Path, name: str, protocol: dict, runs: list[dict]) -> dict:
     arms = summarise(runs)
     results = {"name": name, "protocol": protocol, "arms": arms, "runs": runs}
-    write_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     write_atomic(out / "results.md", markdown_table(name, protocol, arms))
     results["plots"] = [str(p) for p in plot_curves(out / "curves", runs)]
     return results

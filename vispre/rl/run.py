@@ -15,28 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, to_yaml
+from ..utils.device import resolve_device
+from ..utils.io import write_atomic
+from ..utils.typed_config import ConfigError, to_yaml
 from .agent import to_torch
 from .arms import FrozenFeatures, build_arm
 from .bc import BC
-from .config import OfflineRLConfig, load_offline_rl_config
 from .datasets import Transitions
-from .envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
+from .eval_envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
 from .evaluate import UniformPolicy, rollouts, value_error
 from .hiql import HIQL
 from .iql import IQL
 from .networks import ActionSpace
 from .npz import read_npz
-from .report import write_atomic, write_report
+from .report import write_report
+from .rl_recipe import OfflineRLConfig, load_offline_rl_config
 
 log = logging.getLogger(__name__)
 AGENT_CLASSES = {"bc": BC, "iql": IQL, "hiql": HIQL}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def dataset_paths(cfg: OfflineRLConfig, out: Path) -> tuple[Path, Path]:
@@ -55,7 +51,7 @@ def generate_minigrid(task: str, out_dir: Path, episodes: int = 1000, val_episod
                       epsilons: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0), max_steps: int = 100,
                       random_start: bool = True, seed: int = 0) -> Path:
     """Reward-labelled MiniGrid data from ``vispre.envs`` (reused when already built with these settings)."""
-    from ..envs.datasets import build_minigrid_video
+    from ..envs.recordings import build_minigrid_video
     from ..envs.rollouts import Behaviour
 
     behaviour = Behaviour(kind, tuple(epsilons), max_steps, random_start)

@@ -20,14 +20,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 from tqdm import tqdm
 
+from ..data import build_loader
+from ..methods import build_method
+from ..models import build_encoder
+from ..models.init_weights import init_encoder
+from ..utils.diagnostics import rankme, srank
+from ..utils.typed_config import to_yaml
+from ..views.photometric import Photometric
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .config import to_yaml
-from .data import build_loader
-from .diagnostics import rankme, srank
-from .methods import build_method
-from .models import build_encoder
-from .models.init_weights import init_encoder
-from .photometric import Photometric
 from .recipe import PretrainConfig
 
 log = logging.getLogger("vispre.train")
@@ -171,7 +171,7 @@ class Trainer:
             self.probe = next(iter(build_loader(probe_cfg)))["image"]
         method = self.accelerator.unwrap_model(self.model)
         images = Photometric.preset("none", 0)(self.probe.to(self.accelerator.device))
-        features = method.export_encoder("ema")(images).pooled
+        features = method.export_encoder("target")(images).pooled
         return {"srank": srank(features), "rankme": rankme(features)}
 
     # -- the loop -----------------------------------------------------------------------------------

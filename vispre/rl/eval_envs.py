@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from .config import EnvConfig
+from .rl_recipe import EnvConfig
 
 
 class MiniGridEval:

@@ -18,9 +18,16 @@ from typing import Any
 
 import webdataset as wds
 
+from ..utils.io import write_json
+
 SIZES_FILE = "sizes.json"
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """``PREFIX-00012.tar``: the one shard naming every writer uses."""
+    return f"{prefix}-{index:05d}.tar"
 
 def check_key(key: str) -> str:
     """webdataset splits a member name at its first dot: keys must not contain dots or slashes."""
@@ -68,10 +75,7 @@ def update_sizes(directory: str | os.PathLike, sizes: Mapping[str, int]) -> None
     merged = read_sizes(directory)
     merged.update({str(k): int(v) for k, v in sizes.items()})
     path = Path(directory) / SIZES_FILE
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(dict(sorted(merged.items())), f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, dict(sorted(merged.items())))
 
 
 class ShardWriter:
@@ -92,7 +96,7 @@ class ShardWriter:
         self.sizes: dict[str, int] = {}
 
     def shard_name(self, index: int) -> str:
-        return f"{self.prefix}-{index:05d}.tar"
+        return shard_name(self.prefix, index)
 
     def write(self, sample: Mapping[str, Any]) -> None:
         check_key(sample["__key__"])

@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 from ..data.formats import frame_ext
-from ..data.writer import ShardWriter
+from ..data.shard_writer import ShardWriter
+from ..utils.io import write_json
 from .minigrid import get_task
 from .rollouts import Behaviour, Episode, Roller
 
@@ -171,9 +172,7 @@ def build_minigrid_video(out_dir, *, task: str = "simple_crossing", episodes: in
               for split, n in (("train", episodes), ("val", val_episodes))}
     info = {"params": params, "splits": splits, "seconds": round(time.perf_counter() - start, 1),
             "layout_seeds": {s: layout_seed(s, 0, seed) for s in SPLITS}}
-    tmp = info_path.with_name(INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, info_path)
+    write_json(info_path, info)
     log.info("built MiniGrid video in %s in %.1f s: %s", out, info["seconds"],
              {k: v["frames"] for k, v in splits.items()})
     return {**info, "reused": False}

@@ -8,7 +8,6 @@ of workers or on which finishes first, so runs are byte-for-byte reproducible.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -20,8 +19,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vispre.data.shard_writer import read_sizes, shard_name, update_sizes, write_shard
 from vispre.data.sources import Skipped, Source
-from vispre.data.writer import read_sizes, update_sizes, write_shard
+from vispre.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ class ShardResult:
     samples: int
     bytes: int
     skipped: list[Skipped] = field(default_factory=list)
-
-
-def shard_name(prefix: str, index: int) -> str:
-    return f"{prefix}-{index:05d}.tar"
 
 
 def plan_shards(num_items: int, samples_per_shard: int) -> list[tuple[int, int, int]]:
@@ -84,12 +80,6 @@ def _remove_partial(out_dir: Path, prefix: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
-
 def write_shards(source: Source, out_dir: str | os.PathLike, samples_per_shard: int = 1000,
                  workers: int = 1, prefix: str = "shard", progress: bool = True,
                  resume: bool = False) -> dict[str, Any]:
@@ -113,7 +103,7 @@ def write_shards(source: Source, out_dir: str | os.PathLike, samples_per_shard: 
     done = {name: n for name, n in read_sizes(out_dir).items() if name in existing} if resume else {}
     tasks = [task for task in plan if shard_name(prefix, task[0]) not in done]
     for name, value in source.extra_files().items():
-        _write_json(out_dir / name, value)
+        write_json(out_dir / name, value)
 
     results: list[ShardResult] = []
     bar = tqdm(total=len(source), unit="sample", desc=f"{out_dir.name}/{prefix}", disable=not progress)

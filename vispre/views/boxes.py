@@ -11,35 +11,7 @@ import math
 
 import torch
 
-
-def sample_boxes(n: int, width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
-    """``n`` RandomResizedCrop boxes: area fraction ~ U(scale), log aspect ratio ~ U(log ratio).
-
-    Like torchvision's RandomResizedCrop, each box takes the first of ``tries`` draws that fits
-    in the image and falls back to the largest centred box of a clamped ratio. Pixel-aligned;
-    returns [n, 4] (float32).
-    """
-    area = width * height
-    frac = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_r)
-    w = torch.sqrt(frac * area * aspect).round()
-    h = torch.sqrt(frac * area / aspect).round()
-    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-    first = fits.float().argmax(1, keepdim=True)  # the first fitting try (0 where none fits)
-    u = torch.rand(n, 2, generator=generator).double()
-    # fallback: whole image, ratio clamped into range, centred (as torchvision's fallback)
-    r = min(max(width / height, ratio[0]), ratio[1])
-    fw, fh = (width, round(width / r)) if width / height <= r else (round(height * r), height)
-    ok = fits.any(1)
-    bw = torch.where(ok, w.gather(1, first)[:, 0].double(), float(min(fw, width)))
-    bh = torch.where(ok, h.gather(1, first)[:, 0].double(), float(min(fh, height)))
-    u = torch.where(ok[:, None], u, 0.5)
-    # x0 = min(floor(u (W - w + 1)), W - w): uniform over the valid integer offsets
-    x0 = torch.minimum((u[:, 0] * (width - bw + 1)).floor(), width - bw)
-    y0 = torch.minimum((u[:, 1] * (height - bh + 1)).floor(), height - bh)
-    return torch.stack([x0 / width, y0 / height, (x0 + bw) / width, (y0 + bh) / height], 1).float()
+from ..data.crop_boxes import sample_boxes  # noqa: F401  (the loader draws boxes; re-exported)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from ..utils.io import write_atomic
+
 LATEST = "latest"
 
 
@@ -41,15 +43,9 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, op
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_atomic(directory / LATEST, final.name)
+    write_atomic(directory / LATEST, final.name)
     _prune(directory, keep)
     return final
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prune(directory: Path, keep: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, load_config
+from ..utils.typed_config import ConfigError, load_config
 
 ARM_KINDS = ("scratch", "frozen", "finetune", "random_frozen")
 AGENTS = ("bc", "iql", "hiql")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .config import load_config
-from .data import DataConfig
-from .methods import MethodConfig
+from ..data import DataConfig
+from ..methods import MethodConfig
+from ..utils.typed_config import load_config
 
 
 @dataclass

@@ -21,26 +21,24 @@ import os
 import shutil
 from pathlib import Path
 
-import timm
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file, save_model
 from timm.models._hub import save_config_for_hf  # timm exports it from this module only
 
-from . import __version__
-from .checkpoint import find_checkpoint, load_checkpoint
-from .config import ConfigError, load_config
-from .methods import Method, build_method
-from .model_card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
-from .models import Encoder, build_encoder
-from .photometric import IMAGENET_MEAN, IMAGENET_STD
-from .recipe import PretrainConfig
+from .. import __version__
+from ..methods import Method, build_method
+from ..models import Encoder, build_encoder
+from ..pretrain.checkpoint import find_checkpoint, load_checkpoint
+from ..pretrain.recipe import PretrainConfig
+from ..utils.typed_config import ConfigError, load_config
+from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
+from .card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
+from .read import CONFIG, WEIGHTS, load_encoder, load_module  # noqa: F401  (public API)
 
 log = logging.getLogger("vispre.export")
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-WHICH = ("ema", "online")
+WHICH = ("target", "online")
 # file stems extra modules may not take: ours, and the weight files timm's local-dir loader looks for
 RESERVED = ("model", "config", "export", "scores", "README", "pytorch_model", "open_clip_model",
             "open_clip_pytorch_model")
@@ -123,11 +121,11 @@ def save_modules(modules: dict[str, torch.nn.Module], directory: Path, which: st
     return described
 
 
-def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "ema", scores: dict | None = None,
+def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "target", scores: dict | None = None,
            onnx: bool = False) -> Path:
     """Write the encoder of a run's newest checkpoint (or of a given checkpoint) to ``out_dir``.
 
-    ``which``: "ema" (the target/teacher copy, what DINO-style papers evaluate) or "online" (the
+    ``which``: "target" (the EMA target copy, what DINO-style papers evaluate) or "online" (the
     student). ``scores``: {name: {"scores": {...}, "protocol": {...}}} to put on the card at once.
     ``onnx``: also write model.onnx (the pooled feature; see vispre.export_onnx).
 
@@ -157,7 +155,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "ema
         hook = getattr(method, "export_modules", None)
         modules = save_modules(hook(which), tmp, which) if hook is not None else {}
         if onnx:
-            from .export_onnx import export_onnx
+            from .onnx_export import export_onnx
 
             export_onnx(encoder, tmp / "model.onnx", data_config["input_size"])
         provenance = {
@@ -194,41 +192,3 @@ def _swap_in(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-# -- reading an export back ------------------------------------------------------------------------------
-def load_encoder(path: str | Path, random_init: bool = False) -> Encoder:
-    """An exported folder as a vispre Encoder (in eval mode), through timm's own ``local-dir:`` loader.
-
-    ``random_init=True`` builds the same architecture from config.json without loading the weights
-    (the "random encoder" baseline; seed with ``torch.manual_seed`` first for a fixed draw).
-    """
-    path = Path(path)
-    config_file = path / CONFIG
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not an exported encoder: no {CONFIG} (make one with 'vispre export')")
-    if not random_init and not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} has no {WEIGHTS}: cannot load the exported weights")
-    config = json.loads(config_file.read_text())
-    model = timm.create_model(f"local-dir:{path}", pretrained=not random_init)
-    # Encoder's model_args are the rebuild recipe without num_classes (Encoder always passes 0)
-    model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
-    pretrained_cfg = dict(model.pretrained_cfg)  # what the export says, not what Encoder would infer
-    encoder = Encoder(config["architecture"], timm_model=model, **model_args)
-    encoder.model_args = model_args  # Encoder's own dynamic_img_size argument would otherwise drop out
-    model.pretrained_cfg = pretrained_cfg
-    return encoder.eval()
-
-
-def load_module(path: str | Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
-    """Load an extra exported module (``NAME.safetensors``) into ``module`` built by the caller (strict)."""
-    from safetensors.torch import load_model
-
-    file = Path(path) / f"{name}.safetensors"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist: the export has no module {name!r}")
-    missing, unexpected = load_model(module, str(file), strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{file} does not match {type(module).__name__}: missing {sorted(missing)[:10]}, "
-                       f"unexpected {sorted(unexpected)[:10]}")
-    return module

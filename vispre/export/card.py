@@ -10,8 +10,9 @@ scores twice under one name replaces them instead of repeating a section:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..utils.io import write_atomic, write_json
 
 PROVENANCE = "export.json"
 SCORES = "scores.json"
@@ -31,7 +32,7 @@ def append_scores(out_dir: str | Path, name: str, scores: dict, protocol: dict) 
     file = out / SCORES
     table = json.loads(file.read_text()) if file.exists() else {}
     table[name] = _plain({"scores": scores, "protocol": protocol})
-    _write_atomic(file, json.dumps(table, indent=1))
+    write_json(file, table)
     write_card(out)
     return file
 
@@ -41,13 +42,13 @@ def write_card(out_dir: str | Path) -> Path:
     info = json.loads((out / PROVENANCE).read_text())
     scores = json.loads((out / SCORES).read_text()) if (out / SCORES).exists() else {}
     path = out / CARD
-    _write_atomic(path, render(info, scores))
+    write_atomic(path, render(info, scores))
     return path
 
 
 def render(info: dict, scores: dict) -> str:
     method = info["method"] + (f" (base: {info['base']})" if info.get("base") else "")
-    copy = {"ema": "EMA / target (teacher) network", "online": "online (student) network"}[info["which"]]
+    copy = {"target": "target network (EMA of the online one)", "online": "online network"}[info["which"]]
     size = info["input"]["input_size"]
     lines = [
         "---", "library_name: timm", "pipeline_tag: image-feature-extraction",
@@ -119,7 +120,4 @@ def _value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+

@@ -20,6 +20,7 @@ from vispre.export.card import append_scores
 from vispre.export.write import export, load_encoder, load_module
 from vispre.methods import DINO, build_method
 from vispre.models import Encoder, build_encoder
+from vispre.models.exportable import ExportedModule, ExportSpec
 from vispre.models.init_weights import init_encoder
 from vispre.pretrain.checkpoint import save_checkpoint
 from vispre.utils.typed_config import to_yaml
@@ -171,12 +172,14 @@ def test_scores_go_on_the_card_and_replace_by_name(vit_run, tmp_path):
 
 
 def test_export_modules_hook(vit_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(DINO, "export_modules", lambda self, which: {"phi": self.net(
-        "teacher" if which == "target" else "student")["head"]}, raising=False)
+    monkeypatch.setattr(DINO, "export_modules", lambda self, which: {"phi": ExportedModule(self.net(
+        "teacher" if which == "target" else "student")["head"], ExportSpec("dino_head", {"in_dim": 64}))},
+        raising=False)
     _, method = vit_run
     out = export(vit_run[0], tmp_path / "encoder")
     described = json.loads((out / "phi.json").read_text())
     assert described["class"] == "vispre.models.heads.DINOHead" and described["which"] == "target"
+    assert described["builder"] == "dino_head" and described["kwargs"] == {"in_dim": 64}
     head = copy.deepcopy(method.net("teacher")["head"])
     with torch.no_grad():
         for p in head.parameters():

@@ -26,7 +26,6 @@ from vispre.data.shard_writer import ShardWriter
 from vispre.data.trajectories import TrajectoryLoader
 from vispre.envs import save_npz
 from vispre.methods import ICVF, ICVFConfig
-from vispre.methods.icvf import load_exported_phi
 from vispre.models import build_encoder
 from vispre.models.icvf import MultilinearValue, ValueEnsemble
 from vispre.utils.diagnostics import spearman
@@ -216,7 +215,7 @@ def test_loss_equals_hand_computation(min_q):
 
 def test_export_hooks_and_polyak_target():
     method = tiny_icvf()
-    assert set(method.export_modules("target")) == {"phi"}
+    assert set(method.export_modules("target")) == {"phi", "value"}
     assert method.export_encoder("online") is method.online["encoder"]
     assert method.export_encoder("target") is method.target.module["encoder"]
     with torch.no_grad():
@@ -226,7 +225,7 @@ def test_export_hooks_and_polyak_target():
     method.update_target(0.99)  # V-bar <- 0.99 V-bar + 0.01 V
     for old, new in zip(before, method.target.module.parameters()):
         assert torch.allclose(new, 0.99 * old + 0.01)
-    assert tiny_icvf(head="monolithic").export_modules("target") == {}
+    assert set(tiny_icvf(head="monolithic").export_modules("target")) == {"value"}  # no phi to export
 
 
 # -- through the training loop -------------------------------------------------------------------------------
@@ -273,15 +272,24 @@ def test_short_training_run_loss_falls(tmp_path, clip_shards):
     assert (tmp_path / "checkpoints" / "checkpoint-00000040" / "model.safetensors").exists()
 
     # vispre export: the encoder as a timm folder and phi (grid pooling + MLP) as its own module
-    from vispre.export.write import export, load_encoder, load_method
+    from vispre.export.read import load_encoder, load_exported_module
+    from vispre.export.write import export, load_method
 
     out = export(tmp_path, tmp_path / "export")
-    encoder, phi = load_encoder(out), load_exported_phi(out)
+    encoder, phi = load_encoder(out), load_exported_module(out, "phi").module
     method = load_method(tmp_path / "checkpoints" / "checkpoint-00000040")[0]
     images = method.prepare(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
     with torch.no_grad():
         expected = method.net("target")["value"].phi(method.encode(method.net("target"), images))
         assert torch.allclose(phi(encoder(images).tokens), expected, atol=1e-5)
+        # the whole value function V(s, s+, z), rebuilt from value.json alone, equals the method's on the same images
+        value = load_exported_module(out, "value")
+        assert value.spec.reads == "tokens" and value.spec.builder == "icvf_value"
+        t = encoder(images).tokens
+        target = method.net("target")
+        f = method.encode(target, images)
+        torch.testing.assert_close(value.module(t, t.roll(1, 0), t.roll(2, 0)),
+                                   target["value"](f, f.roll(1, 0), f.roll(2, 0)), atol=1e-5, rtol=1e-5)
         # the offline-RL arms read the same phi(s) from uint8 frames (features: phi)
         from vispre.rl.arms import _pixel_encoder
         from vispre.rl.rl_recipe import ArmConfig

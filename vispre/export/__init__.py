@@ -4,6 +4,6 @@ Only the reading side is imported here, so that evaluation and RL code can read 
 importing the training side (``vispre.export.write`` imports the methods and the recipe).
 """
 
-from .read import load_encoder, load_module
+from .read import load_encoder, load_exported_module, load_module
 
-__all__ = ["load_encoder", "load_module"]
+__all__ = ["load_encoder", "load_exported_module", "load_module"]

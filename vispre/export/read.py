@@ -11,6 +11,7 @@ import timm
 import torch
 
 from ..models import Encoder
+from ..models.exportable import ExportedModule, ExportSpec
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -51,3 +52,23 @@ def load_module(path: str | Path, name: str, module: torch.nn.Module) -> torch.n
         raise KeyError(f"{file} does not match {type(module).__name__}: missing {sorted(missing)[:10]}, "
                        f"unexpected {sorted(unexpected)[:10]}")
     return module
+
+
+def load_exported_module(path: str | Path, name: str, random_init: bool = False) -> ExportedModule:
+    """An extra module of an export, rebuilt from ``NAME.json``'s spec and loaded from ``NAME.safetensors``
+    (``random_init``: left as built, the same architecture's random draw). ``.spec.reads`` says which output of
+    ``Encoder(x)`` it reads, ``.spec.out_dim`` its width."""
+    path = Path(path)
+    described = path / f"{name}.json"
+    if not described.is_file():
+        raise FileNotFoundError(f"{described} does not exist: the export at {path} has no module {name!r}")
+    try:
+        data = json.loads(described.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{described}: not valid JSON ({e})") from e
+    spec = ExportSpec.from_json({k: data[k] for k in ("builder", "kwargs", "reads", "out_dim") if k in data},
+                                str(described))
+    module = spec.build()
+    if not random_init:
+        module = load_module(path, name, module)
+    return ExportedModule(module.eval(), spec)

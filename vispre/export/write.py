@@ -29,6 +29,8 @@ from timm.models._hub import save_config_for_hf  # timm exports it from this mod
 from .. import __version__
 from ..methods import Method, build_method
 from ..models import Encoder, build_encoder
+from ..models.exportable import ExportedModule
+from ..utils.io import write_json
 from ..pretrain.checkpoint import find_checkpoint, load_checkpoint
 from ..pretrain.recipe import PretrainConfig
 from ..utils.typed_config import ConfigError, load_config
@@ -106,18 +108,20 @@ def save_encoder(encoder: Encoder, directory: Path, data_config: dict) -> None:
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
 
 
-def save_modules(modules: dict[str, torch.nn.Module], directory: Path, which: str) -> dict:
-    """NAME.safetensors + NAME.json per extra module; returns {NAME: description}."""
+def save_modules(modules: dict[str, ExportedModule], directory: Path, which: str) -> dict:
+    """NAME.safetensors (weights) + NAME.json (the spec that rebuilds it, see vispre.models.exportable) per
+    extra module; returns {NAME: description}."""
     described = {}
-    for name, module in modules.items():
+    for name, exported in modules.items():
         if not name.isidentifier() or name in RESERVED:
             raise ValueError(f"export_modules: module name {name!r} must be an identifier and not a reserved name")
+        module = exported.module
         save_model(module, str(directory / f"{name}.safetensors"))
         described[name] = {
-            "class": f"{type(module).__module__}.{type(module).__qualname__}", "which": which,
-            "parameters": sum(p.numel() for p in module.parameters()),
+            **exported.spec.to_json(), "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "which": which, "parameters": sum(p.numel() for p in module.parameters()),
             "tensors": {k: list(v.shape) for k, v in module.state_dict().items()}}
-        (directory / f"{name}.json").write_text(json.dumps(described[name], indent=1))
+        write_json(directory / f"{name}.json", described[name])
     return described
 
 
@@ -129,10 +133,10 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
     student). ``scores``: {name: {"scores": {...}, "protocol": {...}}} to put on the card at once.
     ``onnx``: also write model.onnx (the pooled feature; see vispre.export_onnx).
 
-    Extra modules: a method may define ``export_modules(which) -> dict[str, nn.Module]`` (e.g. ICVF's
-    phi head); each is written as ``NAME.safetensors`` (its state dict) and ``NAME.json`` (class,
-    which copy, parameter count, tensor shapes), and listed on the model card. Read one back with
-    ``load_module(out_dir, NAME, module)``.
+    Extra modules: a method's ``export_modules(which) -> dict[str, ExportedModule]`` (e.g. ICVF's phi and
+    its whole value function); each is written as ``NAME.safetensors`` (its state dict) and ``NAME.json``
+    (the spec that rebuilds it, class, which copy, parameter count, tensor shapes), and listed on the model
+    card. Read one back with ``vispre.export.read.load_exported_module(out_dir, NAME)``.
 
     The folder is assembled under a temporary name and renamed into place; an existing export at
     ``out_dir`` is replaced (its scores belonged to other weights), anything else there is an error.

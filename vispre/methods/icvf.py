@@ -29,7 +29,8 @@ from ..data import ClipFrames, DataConfig, build_loader
 from ..data.goals import ClipQuadruples, GoalMix, resolve_random
 from ..data.trajectories import TrajectoryLoader
 from ..models import Encoder
-from ..models.icvf import GridFeatures, ValueEnsemble
+from ..models.exportable import ExportedModule, ExportSpec
+from ..models.icvf import GridFeatures, ValueEnsemble, ValueFunction
 from ..utils.diagnostics import rankme, spearman, srank
 from ..views.photometric import Photometric
 from .base import Method, masked, step_generator
@@ -141,13 +142,22 @@ class ICVF(Method):
     def export_encoder(self, which: str = "target") -> Encoder:
         return self.net(which)["encoder"]
 
-    def export_modules(self, which: str = "target") -> dict[str, nn.Module]:
-        """phi: the first head's phi, from ``Encoder(x).pooled`` (or, with ``features: grid``, from
-        ``Encoder(x).tokens`` through the grid pooling) to the ICVF representation; none for monolithic."""
-        phi = self.net(which)["value"].heads[0].phi
-        if phi is None:
-            return {}
-        return {"phi": phi if self.grid is None else nn.Sequential(self.grid, phi)}
+    def export_modules(self, which: str = "target") -> dict[str, ExportedModule]:
+        """``value``: the whole value function V(s, s+, z) on encoder outputs (phi, psi, T and the heads);
+        ``phi``: the first head's phi, the state representation (multilinear heads only). Both read
+        ``Encoder(x).pooled`` or, with ``features: grid``, ``Encoder(x).tokens`` through the grid pooling."""
+        cfg, net = self.cfg, self.net(which)
+        common = {"width": net["encoder"].num_features, "hidden_dims": list(cfg.hidden_dims),
+                  "layer_norm": cfg.layer_norm, "grid": cfg.grid if self.grid is not None else None}
+        reads = "pooled" if self.grid is None else "tokens"
+        value = ValueFunction(net["value"], self.grid)
+        out = {"value": ExportedModule(value, ExportSpec("icvf_value", {
+            **common, "head": cfg.head, "ensemble": cfg.ensemble}, reads))}
+        phi = net["value"].heads[0].phi
+        if phi is not None:
+            out["phi"] = ExportedModule(phi if self.grid is None else nn.Sequential(self.grid, phi),
+                                        ExportSpec("icvf_phi", common, reads, cfg.hidden_dims[-1]))
+        return out
 
     # -- diagnostics ------------------------------------------------------------------------------------
     def probe_clips(self, cfg: DataConfig, frames: int) -> list[tuple[torch.Tensor, dict]]:
@@ -200,33 +210,3 @@ class ICVF(Method):
             out["spearman_goal_distance"] = spearman(torch.cat(goal_v).cpu(), -torch.cat(goal_d))
         return out
 
-
-def load_exported_phi(path, random_init: bool = False) -> nn.Module:
-    """The ``phi`` module of an ICVF export (``vispre export RUN DIR``), rebuilt from the export's own
-    recipe (export.json) and encoder width (config.json), weights loaded (``random_init``: left as built).
-    Apply it to ``Encoder(x).pooled`` or, for ``features: grid`` recipes, to ``Encoder(x).tokens``: the
-    module's ``reads`` attribute names which, ``out_dim`` its width."""
-    import json
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from ..export.write import load_module
-    from ..pretrain.recipe import PretrainConfig
-    from ..utils.typed_config import load_config
-
-    path = Path(path)
-    provenance = json.loads((path / "export.json").read_text())
-    if provenance.get("method") != "icvf":
-        raise ValueError(f"{path} is not an ICVF export (method {provenance.get('method')!r})")
-    cfg = load_config(PretrainConfig, **OmegaConf.to_container(OmegaConf.create(provenance["recipe_yaml"]))).method.icvf
-    width = json.loads((path / "config.json").read_text())["num_features"]
-    grid = cfg.grid ** 2 if cfg.features == "grid" else 1
-    phi = ValueEnsemble(cfg.head, width * grid, cfg.hidden_dims, 1, cfg.layer_norm).heads[0].phi
-    if phi is None:
-        raise ValueError(f"{path}: the {cfg.head} ICVF head has no phi (only the multilinear head has one)")
-    module = nn.Sequential(GridFeatures(cfg.grid), phi) if cfg.features == "grid" else phi
-    if not random_init:
-        module = load_module(path, "phi", module)
-    module.reads, module.out_dim = ("tokens" if cfg.features == "grid" else "pooled"), cfg.hidden_dims[-1]
-    return module

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .exportable import exportable
+
 
 class GridFeatures(nn.Module):
     """Tokens [B, N, C] of a square map (CNN cells, ViT patches) -> average-pooled to grid x grid cells,
@@ -130,3 +132,34 @@ class ValueEnsemble(nn.Module):
         if self.heads[0].phi is None:
             raise ValueError("the monolithic ICVF head has no phi; use head: multilinear")
         return self.heads[0].phi(s)
+
+
+class ValueFunction(nn.Module):
+    """V(s, s+, z) on encoder outputs: the feature map ICVF reads (pooled, or ``GridFeatures`` of the tokens)
+    then the ensemble; [k, B]. What an export of the whole value function holds (ViVa uses it as a reward)."""
+
+    def __init__(self, ensemble: ValueEnsemble, grid: GridFeatures | None = None):
+        super().__init__()
+        self.features = grid if grid is not None else nn.Identity()
+        self.ensemble = ensemble
+
+    def forward(self, s: torch.Tensor, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.ensemble(self.features(s), self.features(g), self.features(z))
+
+
+def _in_dim(width: int, grid: int | None) -> int:
+    return width * (grid ** 2 if grid else 1)
+
+
+@exportable("icvf_phi")
+def icvf_phi(width: int, hidden_dims: list[int], layer_norm: bool = False, grid: int | None = None) -> nn.Module:
+    """phi of a multilinear head on an encoder of ``width`` features (``grid``: on its tokens, grid-pooled)."""
+    phi = mlp(_in_dim(width, grid), list(hidden_dims), layer_norm=layer_norm)
+    return nn.Sequential(GridFeatures(grid), phi) if grid else phi
+
+
+@exportable("icvf_value")
+def icvf_value(width: int, head: str, hidden_dims: list[int], ensemble: int = 2, layer_norm: bool = False,
+               grid: int | None = None) -> ValueFunction:
+    return ValueFunction(ValueEnsemble(head, _in_dim(width, grid), hidden_dims, ensemble, layer_norm),
+                         GridFeatures(grid) if grid else None)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..export.read import load_encoder, load_exported_module
 from .datasets import Transitions
 from .encoders import CachedFrameEncoder, FeatureEncoder, NatureCNN, PixelEncoder, precompute_features
 from .rl_recipe import ArmConfig
@@ -42,8 +43,6 @@ class ArmData:
 def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED):
     if not path:
         raise ValueError("this arm needs an exported encoder: pass --encoder DIR or set the arm's encoder field")
-    from ..export.write import load_encoder
-
     if random_init:
         torch.manual_seed(draw_seed)
     return load_encoder(path, random_init=random_init)
@@ -54,9 +53,7 @@ def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | N
     (random_init: the same module as built, drawn right after the backbone)."""
     if arm.features == "pooled":
         return None
-    from ..methods.icvf import load_exported_phi
-
-    return load_exported_phi(path, random_init=random_init)
+    return load_exported_module(path, arm.features, random_init=random_init)
 
 
 def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool,

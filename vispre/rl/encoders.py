@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models import Encoder, EncoderOutput
+from ..models.exportable import ExportedModule
 
 
 class NatureCNN(nn.Module):
@@ -56,19 +57,21 @@ def _normalisation(backbone: nn.Module) -> tuple[tuple, tuple, tuple | None]:
 class PixelEncoder(nn.Module):
     """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``augment.shift_frames``).
 
-    Each frame's feature is the backbone's pooled feature or, with ``head`` (e.g. an ICVF export's phi),
-    ``head(output.<head.reads>)`` of width ``head.out_dim``."""
+    Each frame's feature is the backbone's pooled feature or, with ``head`` (an export's extra module, e.g.
+    ICVF's phi), ``head.module(output.<head.spec.reads>)`` of width ``head.spec.out_dim``."""
 
     def __init__(self, backbone: Encoder | NatureCNN, frame_stack: int = 1, input_size: int = 0,
-                 head: nn.Module | None = None):
+                 head: ExportedModule | None = None):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone = backbone
+        self.head = head.module if head is not None else None
+        self.head_reads = head.spec.reads if head is not None else "pooled"
         self.frame_stack = frame_stack
         mean, std, fixed = _normalisation(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.input_size = (input_size, input_size) if input_size else fixed
-        self.feature_dim = head.out_dim if head is not None else backbone.num_features  # per frame
+        self.feature_dim = head.spec.out_dim if head is not None else backbone.num_features  # per frame
         self.num_features = self.feature_dim * frame_stack
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -77,7 +80,7 @@ class PixelEncoder(nn.Module):
         if self.input_size is not None and (h, w) != tuple(self.input_size):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
         output = self.backbone((x - self.mean) / self.std)
-        features = output.pooled if self.head is None else self.head(getattr(output, self.head.reads))
+        features = output.pooled if self.head is None else self.head(getattr(output, self.head_reads))
         return features.reshape(b, -1)
 
 

@@ -26,7 +26,7 @@ import time
 import torch
 
 from vispre.evaluation import EvalTransform, Features, Variant, extract, train_grid, train_single_head
-from vispre.evaluation.config import DINOV2_LRS
+from vispre.evaluation.probe_recipe import DINOV2_LRS
 from vispre.models import build_encoder
 
 DEMO_LRS = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0]  # eval/demo_digits.yaml
@@ -91,9 +91,9 @@ def main():
     torch.manual_seed(0)
     encoder = build_encoder(args.model, img_size=args.img_size, patch_size=args.patch).eval()
     if args.data:
-        from vispre.evaluation.datasets import ShardSource
+        from vispre.evaluation.probe_data import ShardProbeSet
 
-        source = ShardSource(args.data, "labelled", "label", "single", None)
+        source = ShardProbeSet(args.data, "labelled", "label", "single", None)
     else:
         source = SyntheticImages(args.images, args.img_size, args.classes)
     transform = EvalTransform.from_encoder(encoder)

@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from vispre.data.shard_writer import update_sizes, write_shard
-from vispre.evaluation import EvalConfig, EvalTransform, Features, KnnConfig, LinearConfig, cached_features
-from vispre.evaluation.config import FeatureConfig, FewshotConfig, check_config
-from vispre.evaluation.datasets import ShardSource
+from vispre.evaluation import EvalTransform, Features, KnnConfig, LinearConfig, ProbeRecipe, cached_features
 from vispre.evaluation.features import extract_batch
 from vispre.evaluation.fewshot import fewshot_eval
 from vispre.evaluation.knn import knn_eval, knn_votes
@@ -27,6 +25,8 @@ from vispre.evaluation.linear import (
     train_single_head,
 )
 from vispre.evaluation.metrics import average_precision, multilabel_metrics
+from vispre.evaluation.probe_data import ShardProbeSet
+from vispre.evaluation.probe_recipe import FeatureConfig, FewshotConfig, check_config
 from vispre.models import build_encoder
 from vispre.utils.typed_config import ConfigError, load_config
 
@@ -217,7 +217,7 @@ def write_labelled_shards(directory: Path, n: int, seed: int, multi: bool = Fals
 def test_cache_hits_then_misses_when_the_weights_change(tmp_path):
     shards = write_labelled_shards(tmp_path / "shards", 12, seed=0)
     encoder, cfg = tiny_vit(), FeatureConfig(batch_size=5, workers=0, cache_dir=str(tmp_path / "cache"))
-    source = ShardSource(str(shards), "labelled", "label", "single", None)
+    source = ShardProbeSet(str(shards), "labelled", "label", "single", None)
     transform = EvalTransform.from_encoder(encoder)
     first, info1 = cached_features(encoder, source, transform, cfg)
     again, info2 = cached_features(encoder, source, transform, cfg)
@@ -252,10 +252,10 @@ def test_config_errors_name_the_field(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train: {kind: shards, path: a}\ntest: {kind: shards, path: b}\nlinear: {epochz: 3}\n")
     with pytest.raises(ConfigError, match="linear.epochz"):
-        load_config(EvalConfig, recipe)
+        load_config(ProbeRecipe, recipe)
     with pytest.raises(ConfigError, match="test.path"):
-        load_config(EvalConfig, Path(__file__).parents[1] / "eval" / "cifar10.yaml", ["train.path=x"])
-    cfg = load_config(EvalConfig, Path(__file__).parents[1] / "eval" / "demo_scenes.yaml", ["num_classes=null"])
+        load_config(ProbeRecipe, Path(__file__).parents[1] / "eval" / "cifar10.yaml", ["train.path=x"])
+    cfg = load_config(ProbeRecipe, Path(__file__).parents[1] / "eval" / "demo_scenes.yaml", ["num_classes=null"])
     with pytest.raises(ConfigError, match="num_classes"):
         check_config(cfg)
 
@@ -268,7 +268,7 @@ def test_every_recipe_loads():
         if recipe_kind(recipe) == "offline_rl":
             assert load_offline_rl_config(recipe).kind == "offline_rl"
             continue
-        cfg = load_config(EvalConfig, recipe, ["train.path=x", "test.path=y"])
+        cfg = load_config(ProbeRecipe, recipe, ["train.path=x", "test.path=y"])
         check_config(cfg)
         assert cfg.name == recipe.stem
 

@@ -14,13 +14,13 @@ from PIL import Image
 from tests.test_evaluation import coloured, write_labelled_shards
 from vispre.evaluation import EvalTransform
 from vispre.evaluation.cifar import RestrictedUnpickler, read_cifar, restricted_load
-from vispre.evaluation.datasets import CifarSource, FolderSource, HFSource, ShardSource
+from vispre.evaluation.probe_data import CifarProbeSet, FolderProbeSet, HFProbeSet, ShardProbeSet
 from vispre.evaluation.run import check_classes
 
 
 def test_multilabel_json_shards_give_multi_hot_targets(tmp_path):
     shards = write_labelled_shards(tmp_path / "scenes", 6, seed=1, multi=True)
-    source = ShardSource(str(shards), "json", "labels", "multi", 5)
+    source = ShardProbeSet(str(shards), "json", "labels", "multi", 5)
     _, targets = next(source.batches(EvalTransform(32), 6, 0))
     assert targets.shape == (6, 5) and set(targets.sum(1).tolist()) == {2.0}  # one colour + 3 or 4
     assert targets[:, 3:].sum(1).eq(1).all()
@@ -48,7 +48,7 @@ def test_cifar10_reader(tmp_path):
     images, labels = read_cifar(tmp_path / "cifar", "cifar10", "train")
     assert images.shape == (15, 32, 32, 3) and np.array_equal(images, np.concatenate([t[0] for t in train]))
     assert labels.tolist() == sum((t[1] for t in train), [])
-    source = CifarSource(str(tmp_path / "cifar"), "cifar10", "test")
+    source = CifarProbeSet(str(tmp_path / "cifar"), "cifar10", "test")
     crops, targets = next(source.batches(EvalTransform(32, crop_pct=1.0), 4, 0))
     assert torch.equal(crops, torch.from_numpy(test_images).permute(0, 3, 1, 2)) and targets.tolist() == test_labels
     assert source.num_classes == 10 and source.identity()["samples"] == 4
@@ -101,20 +101,20 @@ def test_folder_and_hf_sources(tmp_path):
         (tmp_path / "folder" / name).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(coloured(1 if name == "b_green" else 0, rs)).save(tmp_path / "folder" / name / f"{i}.png")
-    folder = FolderSource(str(tmp_path / "folder"))
+    folder = FolderProbeSet(str(tmp_path / "folder"))
     crops, targets = next(folder.batches(EvalTransform(24), 4, 0))
     assert folder.num_classes == 2 and targets.tolist() == [0, 0, 1, 1] and crops.shape == (4, 3, 24, 24)
     assert crops[0, 0].float().mean() > crops[0, 1].float().mean()  # a_red: class 0 is red
     (tmp_path / "test" / "b_green").mkdir(parents=True)  # a test folder without class a_red: indices would shift
     Image.fromarray(coloured(1, rs)).save(tmp_path / "test" / "b_green" / "0.png")
     with pytest.raises(ValueError, match="different classes"):
-        check_classes({"train": folder, "test": FolderSource(str(tmp_path / "test"))})
+        check_classes({"train": folder, "test": FolderProbeSet(str(tmp_path / "test"))})
 
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["r", "g", "b"])})
     rows = {"image": [Image.fromarray(coloured(i % 3, rs)) for i in range(5)], "label": [i % 3 for i in range(5)]}
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
-    hf = HFSource(str(tmp_path / "hf"), "", "image", "label", "single", None)
+    hf = HFProbeSet(str(tmp_path / "hf"), "", "image", "label", "single", None)
     crops, targets = next(hf.batches(EvalTransform(24), 5, 0))
     assert hf.num_classes == 3 and targets.tolist() == [0, 1, 2, 0, 1] and crops.shape == (5, 3, 24, 24)
     assert hf.identity()["fingerprint"]

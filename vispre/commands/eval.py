@@ -65,9 +65,9 @@ def _merge_rest(args: argparse.Namespace) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation import EvalConfig, evaluate
-    from ..evaluation.config import check_config
-    from ..export.write import load_encoder
+    from ..evaluation import ProbeRecipe, evaluate
+    from ..evaluation.probe_recipe import check_config
+    from ..export.read import load_encoder
     from ..utils.typed_config import ConfigError, load_config, to_yaml
 
     args = _merge_rest(args)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
     if not args.encoder and not args.print_config:
         raise SystemExit("vispre eval: error: --encoder DIR is required")
-    cfg = load_config(EvalConfig, args.recipe, args.overrides)
+    cfg = load_config(ProbeRecipe, args.recipe, args.overrides)
     check_config(cfg)
     if args.print_config:
         print(to_yaml(cfg))

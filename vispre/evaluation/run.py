@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .config import EvalConfig, check_config
-from .datasets import build_source
 from .features import Features, cache_key, cached_features, encoder_identity, resolve_device
 from .fewshot import fewshot_eval
 from .knn import knn_eval
 from .linear import linear_probe
 from .metrics import headline
 from .plots import plot_knn, plot_probe
+from .probe_data import build_probe_set
+from .probe_recipe import ProbeRecipe, check_config
 from .report import RESULTS_FILE, build_protocol, format_table, summary_scores, write_json
 from .transform import EvalTransform
 
@@ -52,7 +52,7 @@ def check_classes(sources: dict) -> None:
                              f"{len(classes)}; e.g. {missing}): labels would not match")
 
 
-def infer_num_classes(cfg: EvalConfig, sources: dict, features: dict[str, Features]) -> int:
+def infer_num_classes(cfg: ProbeRecipe, sources: dict, features: dict[str, Features]) -> int:
     if cfg.num_classes:
         return cfg.num_classes
     known = [s.num_classes for s in sources.values() if getattr(s, "num_classes", None)]
@@ -63,7 +63,7 @@ def infer_num_classes(cfg: EvalConfig, sources: dict, features: dict[str, Featur
     return num_classes
 
 
-def evaluate(cfg: EvalConfig, encoder, out_dir: str | Path, *, encoder_info: dict | None = None,
+def evaluate(cfg: ProbeRecipe, encoder, out_dir: str | Path, *, encoder_info: dict | None = None,
              progress: bool = False) -> dict:
     check_config(cfg)
     out = Path(out_dir)
@@ -72,7 +72,7 @@ def evaluate(cfg: EvalConfig, encoder, out_dir: str | Path, *, encoder_info: dic
     transform = EvalTransform.from_encoder(encoder, cfg.transform)
     encoder_id = encoder_identity(encoder)  # the weights hash, computed once for every split's cache key
     splits = {name: getattr(cfg, name) for name in ("train", "val", "test") if getattr(cfg, name) is not None}
-    sources = {name: build_source(source, cfg.task, cfg.num_classes) for name, source in splits.items()}
+    sources = {name: build_probe_set(source, cfg.task, cfg.num_classes) for name, source in splits.items()}
     check_classes(sources)
     features, cache = {}, {}
     for name, source in sources.items():

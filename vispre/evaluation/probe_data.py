@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.sources.base import read_bytes
 from .cifar import NUM_CLASSES, read_cifar, split_files
-from .config import SourceConfig
+from .probe_recipe import ProbeSetConfig
 from .transform import EvalTransform
 
 log = logging.getLogger("vispre.evaluation")
@@ -56,7 +56,7 @@ def file_digest(paths: list[Path]) -> str:
 class _Images(Dataset):
     """Map-style: item i -> (uint8 crop, label) through the transform (runs in loader workers)."""
 
-    def __init__(self, source: IndexedSource, transform: EvalTransform):
+    def __init__(self, source: IndexedProbeSet, transform: EvalTransform):
         self.source, self.transform = source, transform
 
     def __len__(self) -> int:
@@ -74,7 +74,7 @@ def _collate(items):
     return torch.stack([image for image, _ in items]), [label for _, label in items]
 
 
-class IndexedSource:
+class IndexedProbeSet:
     """Sources with random access: ``item(i) -> (bytes | array | PIL image, label)``."""
 
     task = "single"
@@ -97,7 +97,7 @@ class IndexedSource:
             yield images, to_targets(labels, self.task, self.num_classes, self.describe())
 
 
-class FolderSource(IndexedSource):
+class FolderProbeSet(IndexedProbeSet):
     """Class sub-folders under ``root``; classes are the sorted folder names (ImageFolder's order)."""
 
     def __init__(self, root: str, limit: int | None = None):
@@ -128,7 +128,7 @@ class FolderSource(IndexedSource):
                 "classes": len(self.classes), "files": listing.hexdigest()}
 
 
-class CifarSource(IndexedSource):
+class CifarProbeSet(IndexedProbeSet):
     def __init__(self, root: str, kind: str, split: str, limit: int | None = None):
         self.root, self.kind, self.split = root, kind, split
         self.files = split_files(root, kind, split)
@@ -150,7 +150,7 @@ class CifarSource(IndexedSource):
                 "samples": len(self.labels), "content": file_digest(self.files)}
 
 
-class HFSource(IndexedSource):
+class HFProbeSet(IndexedProbeSet):
     """A ``datasets.Dataset``; the label column holds ints (single) or lists of ints (multi-label)."""
 
     def __init__(self, path: str, split: str, image_key: str, label_key: str, task: str, num_classes: int | None,
@@ -195,7 +195,7 @@ class HFSource(IndexedSource):
                 "fingerprint": self.ds._fingerprint, "columns": [self.image_key, self.label_key]}
 
 
-class ShardSource:
+class ShardProbeSet:
     """Labelled webdataset shards, read once in order by vispre.data's finite stream."""
 
     def __init__(self, spec: str, format: str, label_key: str, task: str, num_classes: int | None,
@@ -253,15 +253,15 @@ class ShardSource:
             log.warning("%s: %d unreadable samples skipped %s", self.describe(), skipped["samples"], skipped["reasons"])
 
 
-def build_source(cfg: SourceConfig, task: str, num_classes: int | None):
+def build_probe_set(cfg: ProbeSetConfig, task: str, num_classes: int | None):
     if cfg.kind == "shards":
-        return ShardSource(cfg.path, cfg.format, cfg.label_key, task, num_classes, cfg.limit)
+        return ShardProbeSet(cfg.path, cfg.format, cfg.label_key, task, num_classes, cfg.limit)
     if task == "multi" and cfg.kind in ("folder", "cifar10", "cifar100"):
         raise ValueError(f"{cfg.kind} sources have one class per image; task=multi needs shards (json) or hf")
     if cfg.kind == "folder":
-        return FolderSource(cfg.path, cfg.limit)
+        return FolderProbeSet(cfg.path, cfg.limit)
     if cfg.kind in ("cifar10", "cifar100"):
-        return CifarSource(cfg.path, cfg.kind, cfg.split or "train", cfg.limit)
+        return CifarProbeSet(cfg.path, cfg.kind, cfg.split or "train", cfg.limit)
     if cfg.kind == "hf":
-        return HFSource(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit)
+        return HFProbeSet(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit)
     raise ValueError(f"unknown source kind {cfg.kind!r}")

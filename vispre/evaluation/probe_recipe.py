@@ -1,6 +1,6 @@
 """An evaluation recipe (``eval/*.yaml``): which data, which transform, which probes (typed).
 
-``vispre eval RECIPE --encoder DIR key=value ...`` fills :class:`EvalConfig` from the YAML
+``vispre eval RECIPE --encoder DIR key=value ...`` fills :class:`ProbeRecipe` from the YAML
 (``_base_:`` inheritance) and the overrides; an unknown key is an error that names it.
 Defaults follow DINOv2's linear protocol and DINO's kNN unless marked "ours".
 """
@@ -13,11 +13,11 @@ from typing import Optional
 # DINOv2 eval/linear.py: 13 learning rates, scaled by the batch size / 256
 DINOV2_LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
 TASKS = ("single", "multi")  # single-label classes | multi-label (multi-hot targets)
-SOURCE_KINDS = ("shards", "folder", "cifar10", "cifar100", "hf")
+SET_KINDS = ("shards", "folder", "cifar10", "cifar100", "hf")
 
 
 @dataclass
-class SourceConfig:
+class ProbeSetConfig:
     kind: str = "shards"  # shards | folder | cifar10 | cifar100 | hf
     # shards: a shard spec (vispre.data.urls); folder: class sub-folders (ImageNet's train/ or val/);
     # cifar10/100: the folder holding cifar-10-batches-py/ (or that folder); hf: save_to_disk folder or hub name
@@ -91,13 +91,13 @@ class FewshotConfig:
 
 
 @dataclass
-class EvalConfig:
+class ProbeRecipe:
     name: str = "eval"
     task: str = "single"  # single | multi
     num_classes: Optional[int] = None  # default: from the data (required for multi-label)
-    train: SourceConfig = field(default_factory=SourceConfig)
-    val: Optional[SourceConfig] = None  # none: hold out val_fraction of train (seeded)
-    test: SourceConfig = field(default_factory=SourceConfig)
+    train: ProbeSetConfig = field(default_factory=ProbeSetConfig)
+    val: Optional[ProbeSetConfig] = None  # none: hold out val_fraction of train (seeded)
+    test: ProbeSetConfig = field(default_factory=ProbeSetConfig)
     val_fraction: float = 0.1
     seed: int = 0
     output_dir: Optional[str] = None  # default: ENCODER_DIR/eval/NAME (NAME-random-init for --random-init)
@@ -108,7 +108,7 @@ class EvalConfig:
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
 
 
-def check_config(cfg: EvalConfig) -> None:
+def check_config(cfg: ProbeRecipe) -> None:
     """Value checks the types cannot express; errors name the field."""
     from ..utils.typed_config import ConfigError
 
@@ -118,8 +118,8 @@ def check_config(cfg: EvalConfig) -> None:
         raise ConfigError("num_classes: required for task=multi (the length of the multi-hot target)")
     for name in ("train", "val", "test"):
         source = getattr(cfg, name)
-        if source is not None and source.kind not in SOURCE_KINDS:
-            raise ConfigError(f"{name}.kind: must be one of {SOURCE_KINDS}, got {source.kind!r}")
+        if source is not None and source.kind not in SET_KINDS:
+            raise ConfigError(f"{name}.kind: must be one of {SET_KINDS}, got {source.kind!r}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
     if cfg.linear.enabled and (not cfg.linear.learning_rates or not cfg.linear.n_last_blocks or not cfg.linear.avgpool):

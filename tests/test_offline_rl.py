@@ -19,7 +19,10 @@ from vispre.rl.hiql import HIQL
 from vispre.rl.iql import IQL, awr_weights, expectile_loss, td_target
 from vispre.rl.networks import ActionSpace
 from vispre.rl.npz import is_memory_mapped, read_npz
-from vispre.rl.rl_recipe import AgentConfig, load_offline_rl_config
+from vispre.rl.bc import BCConfig
+from vispre.rl.hiql import HIQLConfig
+from vispre.rl.iql import IQLConfig
+from vispre.rl.rl_recipe import load_offline_rl_config
 from vispre.utils.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +201,7 @@ def _constant(net: torch.nn.Sequential, value: float) -> None:
 
 
 def test_iql_losses_equal_hand_computed_values():
-    cfg = AgentConfig(expectile=0.9, beta=10.0, max_weight=100.0, discount=0.99, hidden=[8], augment_pad=0)
+    cfg = IQLConfig(expectile=0.9, beta=10.0, max_weight=100.0, discount=0.99, hidden=[8], augment_pad=0)
     agent = IQL(FeatureEncoder(4), ActionSpace(True, 3), cfg)
     _constant(agent.critic.q.q1, 1.0)
     _constant(agent.critic.q.q2, 2.0)
@@ -220,7 +223,7 @@ def test_iql_losses_equal_hand_computed_values():
 
 def test_iql_trains_the_critic_and_moves_the_polyak_target():
     torch.manual_seed(0)
-    cfg = AgentConfig(hidden=[16], tau=0.5, augment_pad=2)
+    cfg = IQLConfig(hidden=[16], tau=0.5, augment_pad=2)
     agent = IQL(PixelEncoder(NatureCNN(3, 32, image_size=36)), ActionSpace(True, 3), cfg).configure()
     before = [p.clone() for p in agent.critic_target.module.parameters()]
     batch = {"observations": torch.randint(0, 255, (4, 1, 36, 36, 3), dtype=torch.uint8),
@@ -235,7 +238,7 @@ def test_iql_trains_the_critic_and_moves_the_polyak_target():
 
 
 def test_continuous_iql_policy_stays_in_the_box():
-    cfg = AgentConfig(hidden=[16], augment_pad=0)
+    cfg = IQLConfig(hidden=[16], augment_pad=0)
     agent = IQL(FeatureEncoder(5), ActionSpace(False, 2), cfg).configure()
     batch = {"observations": torch.randn(8, 1, 5), "next_observations": torch.randn(8, 1, 5),
              "actions": torch.rand(8, 2) * 2 - 1, "rewards": torch.zeros(8), "masks": torch.ones(8)}
@@ -254,7 +257,7 @@ def test_hiql_value_learns_steps_to_the_goal():
     obs = np.tile(np.eye(n, dtype=np.float32), (walks, 1))
     valids = np.tile(np.r_[np.ones(n - 1), 0.0], walks)
     data = Transitions.from_layout({"observations": obs, "actions": np.ones(len(obs), np.int64), "valids": valids})
-    cfg = AgentConfig(name="hiql", hidden=[64, 64], lr=3e-3, discount=0.9, tau=0.05, expectile=0.7,
+    cfg = HIQLConfig(hidden=[64, 64], lr=3e-3, discount=0.9, tau=0.05, expectile=0.7,
                       subgoal_steps=3, augment_pad=0)
     agent = HIQL(FeatureEncoder(n), ActionSpace(True, 2), cfg).configure()
     rng = np.random.default_rng(0)
@@ -327,7 +330,7 @@ def test_bc_on_oracle_data_solves_the_easiest_task(oracle_layout0):
     data = Transitions.from_file(oracle_layout0)
     assert data.rewards.sum() == 20  # every oracle episode succeeds
     oracle_steps = int(np.flatnonzero(data.rewards)[0] + 1)  # actions of the first episode
-    cfg = AgentConfig(name="bc", hidden=[64], lr=1e-3, augment_pad=0)
+    cfg = BCConfig(hidden=[64], lr=1e-3, augment_pad=0)
     agent = BC(PixelEncoder(NatureCNN(3, 64)), ActionSpace(True, 3), cfg).configure()
     rng = np.random.default_rng(0)
     for _ in range(250):

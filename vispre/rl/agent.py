@@ -1,4 +1,5 @@
-"""What every offline-RL agent shares: the encoder, batches as tensors, one optimizer step, augmentation.
+"""What every offline-RL agent shares: its config's common part, the encoder, batches as tensors, one optimizer
+step, augmentation.
 
 An agent is an ``nn.Module`` with
 
@@ -16,10 +17,35 @@ import numpy as np
 import torch
 from torch import nn
 
+from dataclasses import dataclass, field
+
 from .augment import shift_frames
 from .datasets import Transitions
 from .networks import ActionSpace
-from .rl_recipe import AgentConfig
+
+
+@dataclass
+class AgentConfig:
+    """What every agent's config has; each agent file subclasses it with its own fields."""
+
+    name: str = "iql"  # a registered agent (vispre.rl.registry.AGENTS)
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 3e-4
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    discount: float = 0.99  # the task's; also the Monte-Carlo returns the value error compares against
+    augment_pad: int = 4  # random shift for pixel arms (DrQ pad 4; OGBench pad 3); 0 = off
+    augment_prob: float = 1.0  # per batch (OGBench p_aug 0.5 on manipulation)
+
+
+@dataclass
+class TDConfig(AgentConfig):
+    """The value-learning part IQL and HIQL share."""
+
+    layer_norm: bool = True  # on the value / Q MLPs
+    tau: float = 0.005  # Polyak rate of the target networks
+    expectile: float = 0.9  # IQL 0.7 (locomotion) / 0.9 (AntMaze, pixels); HIQL 0.7
+    max_weight: float = 100.0  # AWR weights clipped here
 
 
 def to_torch(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
@@ -36,7 +62,9 @@ def to_torch(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
 
 
 class Agent(nn.Module):
-    goal_conditioned = False
+    goal_conditioned = False  # act() / value() take goal observations; rewards come from the goals
+    uses_dataset_rewards = False  # trains on the dataset's rewards (data.reward_scale / reward_shift apply)
+    agent_name, config = "", AgentConfig  # set by @register_agent
 
     def __init__(self, encoder: nn.Module, space: ActionSpace, cfg: AgentConfig, frame_stack: int = 1):
         super().__init__()

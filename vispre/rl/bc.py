@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from .agent import Agent
+from dataclasses import dataclass
+
+from .agent import Agent, AgentConfig
 from .networks import ActionSpace, Policy
-from .rl_recipe import AgentConfig
+from .registry import register_agent
 
 
+@dataclass
+class BCConfig(AgentConfig):
+    name: str = "bc"
+
+
+@register_agent("bc", BCConfig)
 class BC(Agent):
-    def __init__(self, encoder, space: ActionSpace, cfg: AgentConfig, frame_stack: int = 1):
+    def __init__(self, encoder, space: ActionSpace, cfg: BCConfig, frame_stack: int = 1):
         super().__init__(encoder, space, cfg, frame_stack)
         self.policy = Policy(encoder.num_features, space, cfg.hidden)
 

@@ -17,11 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .agent import Agent
+from dataclasses import dataclass
+
+from .agent import Agent, TDConfig
 from .datasets import Transitions, goal_rewards
 from .iql import awr_weights, expectile_loss, td_target
 from .networks import ActionSpace, Policy, mlp, polyak_target
-from .rl_recipe import AgentConfig
+from .registry import register_agent
+
+
+@dataclass
+class HIQLConfig(TDConfig):
+    name: str = "hiql"
+    subgoal_steps: int = 10
+    rep_dim: int = 10
+    high_beta: float = 3.0
+    low_beta: float = 3.0
+    low_actor_rep_grad: bool = True  # OGBench: essential on pixels
+    p_current: float = 0.2  # value goals: current / future in trajectory (geometric) / random
+    p_trajectory: float = 0.5
+    p_random: float = 0.3
 
 
 def length_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +47,7 @@ def length_normalize(x: torch.Tensor) -> torch.Tensor:
 class GoalValue(nn.Module):
     """V_1, V_2 (s, phi(s, g)) with phi(s, g) = LengthNormalize(MLP([f(s), f(g)])) and f the encoder."""
 
-    def __init__(self, encoder: nn.Module, cfg: AgentConfig):
+    def __init__(self, encoder: nn.Module, cfg: HIQLConfig):
         super().__init__()
         d = encoder.num_features
         self.encoder = encoder
@@ -49,10 +64,11 @@ class GoalValue(nn.Module):
         return self.v1(x).squeeze(-1), self.v2(x).squeeze(-1)
 
 
+@register_agent("hiql", HIQLConfig)
 class HIQL(Agent):
     goal_conditioned = True
 
-    def __init__(self, encoder, space: ActionSpace, cfg: AgentConfig, frame_stack: int = 1):
+    def __init__(self, encoder, space: ActionSpace, cfg: HIQLConfig, frame_stack: int = 1):
         super().__init__(encoder, space, cfg, frame_stack)
         d = encoder.num_features
         self.value_net = GoalValue(encoder, cfg)

@@ -10,9 +10,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .agent import Agent
+from dataclasses import dataclass
+
+from .agent import Agent, TDConfig
 from .networks import ActionSpace, Policy, TwinQ, mlp, polyak_target
-from .rl_recipe import AgentConfig
+from .registry import register_agent
+
+
+@dataclass
+class IQLConfig(TDConfig):
+    name: str = "iql"
+    beta: float = 10.0  # AWR inverse temperature (IQL's beta, OGBench's alpha)
+    actor_detach: bool = True  # the policy reads stop-gradient features: the critic trains the encoder (ours)
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float, sign: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,8 +51,11 @@ class Critic(nn.Module):
         self.q = TwinQ(encoder.num_features, space, hidden, layer_norm)
 
 
+@register_agent("iql", IQLConfig)
 class IQL(Agent):
-    def __init__(self, encoder, space: ActionSpace, cfg: AgentConfig, frame_stack: int = 1):
+    uses_dataset_rewards = True
+
+    def __init__(self, encoder, space: ActionSpace, cfg: IQLConfig, frame_stack: int = 1):
         super().__init__(encoder, space, cfg, frame_stack)
         self.critic = Critic(encoder, space, cfg.hidden, cfg.layer_norm)
         self.v = mlp(encoder.num_features, cfg.hidden, 1, cfg.layer_norm)

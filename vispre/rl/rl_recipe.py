@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.typed_config import ConfigError, load_config
+from ..utils.typed_config import ConfigError, load_config, load_section
+from . import bc, hiql, iql  # noqa: F401  (register the built-in agents)
+from .agent import AgentConfig
+from .registry import AGENTS
 
 ARM_KINDS = ("scratch", "frozen", "finetune", "random_frozen")
-AGENTS = ("bc", "iql", "hiql")
 
 
 @dataclass
@@ -41,33 +43,6 @@ class DataConfig:
     reward_scale: float = 1.0  # r <- scale * r + shift (shift -1: 0/1 success -> OGBench's -1/0)
     reward_shift: float = 0.0
     generate: dict[str, Any] = field(default_factory=dict)  # generator arguments when path is ''
-
-
-@dataclass
-class AgentConfig:
-    name: str = "iql"  # bc | iql | hiql
-    steps: int = 5000
-    batch_size: int = 256
-    lr: float = 3e-4
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    layer_norm: bool = True  # on the value / Q MLPs
-    discount: float = 0.99
-    tau: float = 0.005  # Polyak rate of the target networks
-    expectile: float = 0.9  # IQL 0.7 (locomotion) / 0.9 (AntMaze, pixels); HIQL 0.7
-    beta: float = 10.0  # AWR inverse temperature (IQL's beta, OGBench's alpha)
-    max_weight: float = 100.0  # AWR weights clipped here
-    augment_pad: int = 4  # random shift for pixel arms (DrQ pad 4; OGBench pad 3); 0 = off
-    augment_prob: float = 1.0  # per batch (OGBench p_aug 0.5 on manipulation)
-    actor_detach: bool = True  # policies read stop-gradient features: the critic trains the encoder (ours)
-    # HIQL
-    subgoal_steps: int = 10
-    rep_dim: int = 10
-    high_beta: float = 3.0
-    low_beta: float = 3.0
-    low_actor_rep_grad: bool = True  # OGBench: essential on pixels
-    p_current: float = 0.2  # value goals: current / future in trajectory (geometric) / random
-    p_trajectory: float = 0.5
-    p_random: float = 0.3
 
 
 @dataclass
@@ -100,7 +75,8 @@ class OfflineRLConfig:
     name: str = "offline_rl"
     env: EnvConfig = field(default_factory=EnvConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    # typed by the registered config of agent.name (vispre.rl.registry; e.g. IQLConfig in rl/iql.py)
+    agent: Any = field(default_factory=lambda: {"name": "iql"})
     arms: list[ArmConfig] = field(default_factory=lambda: [ArmConfig(kind="scratch"), ArmConfig(kind="frozen")])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -112,8 +88,7 @@ class OfflineRLConfig:
 def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
     if cfg.kind != "offline_rl":
         raise ConfigError(f"{source}: kind: expected 'offline_rl', got {cfg.kind!r}")
-    if cfg.agent.name not in AGENTS:
-        raise ConfigError(f"{source}: agent.name: {cfg.agent.name!r} is not one of {', '.join(AGENTS)}")
+    cfg.agent = agent_config(cfg.agent, source)
     if not cfg.arms:
         raise ConfigError(f"{source}: arms: at least one arm is needed")
     names = set()
@@ -139,3 +114,13 @@ def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
 
 def load_offline_rl_config(path=None, overrides=()) -> OfflineRLConfig:
     return check(load_config(OfflineRLConfig, path, overrides), str(path or "OfflineRLConfig"))
+
+
+def agent_config(values, source: str = "recipe") -> AgentConfig:
+    """The ``agent:`` section typed by its agent's registered config (an unknown field names the agent)."""
+    if isinstance(values, AgentConfig):
+        return values
+    name = dict(values).get("name", "iql")
+    if name not in AGENTS:
+        raise ConfigError(f"{source}: agent.name: {name!r} is not one of {', '.join(sorted(AGENTS))}")
+    return load_section(AGENTS[name].config, values, f"{source}: agent")

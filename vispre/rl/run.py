@@ -20,19 +20,16 @@ from ..utils.io import write_atomic
 from ..utils.typed_config import ConfigError, to_yaml
 from .agent import to_torch
 from .arms import FrozenFeatures, build_arm
-from .bc import BC
 from .datasets import Transitions
 from .eval_envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
 from .evaluate import UniformPolicy, rollouts, value_error
-from .hiql import HIQL
-from .iql import IQL
 from .networks import ActionSpace
 from .npz import read_npz
 from .report import write_report
+from .registry import AGENTS
 from .rl_recipe import OfflineRLConfig, load_offline_rl_config
 
 log = logging.getLogger(__name__)
-AGENT_CLASSES = {"bc": BC, "iql": IQL, "hiql": HIQL}
 
 
 def dataset_paths(cfg: OfflineRLConfig, out: Path) -> tuple[Path, Path]:
@@ -75,7 +72,7 @@ def load_data(cfg: OfflineRLConfig, train_path: Path, val_path: Path, keep_train
     labels = (lambda p: ogbench_task_labels(cfg.env.name, p)) if single_task else (lambda p: None)
     train = Transitions.from_file(train_path, keep_rows=keep_train, labels=labels(train_path), **kw)
     val = Transitions.from_file(val_path, keep_rows=keep_val, labels=labels(val_path), **kw)
-    if cfg.agent.name == "iql":
+    if AGENTS[cfg.agent.name].uses_dataset_rewards:
         train, val = (x.with_rewards(d.reward_scale, d.reward_shift) for x in (train, val))
     return train, val
 
@@ -90,7 +87,7 @@ def train_one(cfg: OfflineRLConfig, arm, seed: int, data, space: ActionSpace, de
     a, e = cfg.agent, cfg.eval
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    agent = AGENT_CLASSES[a.name](data.encoder, space, a, cfg.data.frame_stack).to(device)
+    agent = AGENTS[a.name](data.encoder, space, a, cfg.data.frame_stack).to(device)
     agent.configure(arm.encoder_lr, data.train_encoder, seed)
     make_env = eval_env_factory(cfg.env, e.max_steps, agent.goal_conditioned, eval_seeds)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,14 @@ def apply_overrides(config, overrides: Sequence[str]):
 def to_yaml(config: Any) -> str:
     """The resolved config as YAML (written next to every run's checkpoints)."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def load_section(schema: type[T], values: Any, where: str) -> T:
+    """One section of a recipe typed by a schema chosen at load time (an agent's or a method's registered
+    config): ``values`` (a dict or DictConfig) over the schema's defaults; an error names ``where.key``."""
+    try:
+        config = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(config)
+    except OmegaConfBaseException as e:
+        message = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ConfigError(f"{where}.{getattr(e, 'full_key', '?')}: {message}") from e

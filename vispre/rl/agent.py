@@ -13,11 +13,11 @@ and ``update(batch)`` runs one Adam step on the sum of its losses and moves the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import nn
-
-from dataclasses import dataclass, field
 
 from .augment import shift_frames
 from .datasets import Transitions

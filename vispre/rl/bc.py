@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
+
+import torch
 
 from .agent import Agent, AgentConfig
 from .networks import ActionSpace, Policy

@@ -11,13 +11,12 @@ the value loss and, with ``low_actor_rep_grad``, by the low-level actor through 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dataclasses import dataclass
 
 from .agent import Agent, TDConfig
 from .datasets import Transitions, goal_rewards

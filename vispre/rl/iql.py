@@ -7,10 +7,10 @@ own encoder). The critic losses train the encoder; the policy reads stop-gradien
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-
-from dataclasses import dataclass
 
 from .agent import Agent, TDConfig
 from .networks import ActionSpace, Policy, TwinQ, mlp, polyak_target

@@ -25,8 +25,8 @@ from .eval_envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
 from .evaluate import UniformPolicy, rollouts, value_error
 from .networks import ActionSpace
 from .npz import read_npz
-from .report import write_report
 from .registry import AGENTS
+from .report import write_report
 from .rl_recipe import OfflineRLConfig, load_offline_rl_config
 
 log = logging.getLogger(__name__)

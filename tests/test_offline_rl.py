@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from vispre.data.ogbench_npz import is_memory_mapped, load_ogbench, read_npz
 from vispre.rl.agent import to_torch
 from vispre.rl.augment import random_shift, shift_frames
 from vispre.rl.bc import BCConfig
-from vispre.rl.datasets import Transitions, goal_rewards, load_ogbench
 from vispre.rl.encoders import FeatureEncoder, NatureCNN, PixelEncoder
 from vispre.rl.evaluate import monte_carlo_returns
 from vispre.rl.hiql import HIQL, HIQLConfig
 from vispre.rl.iql import IQL, IQLConfig, awr_weights, expectile_loss, td_target
 from vispre.rl.networks import ActionSpace
-from vispre.rl.npz import is_memory_mapped, read_npz
 from vispre.rl.rl_recipe import load_offline_rl_config
+from vispre.rl.transitions import Transitions, goal_rewards
 from vispre.utils.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,6 +21,7 @@ import torch
 
 from ..utils.seeding import stable_seed as _seed
 from .goals import GoalMix, draw_samples
+from .ogbench_npz import read_npz, trajectory_bounds
 
 STATE_VERSION = 1
 
@@ -30,8 +31,7 @@ def load_trajectories(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"trajectory file {path} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(path, mmap=False)
     for key in ("observations", "terminals"):
         if key not in arrays:
             raise ValueError(f"{path}: no '{key}' array (found {sorted(arrays)}); expected OGBench layout")
@@ -48,8 +48,7 @@ def load_trajectories(path: str | Path) -> dict[str, np.ndarray]:
 
 def episode_ends(terminals: np.ndarray) -> np.ndarray:
     """For every row, the row index of its episode's last frame."""
-    ends = np.flatnonzero(terminals)
-    return ends[np.searchsorted(ends, np.arange(len(terminals)))]
+    return trajectory_bounds(terminals)[1]
 
 
 class TrajectoryLoader:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .augment import shift_frames
-from .datasets import Transitions
 from .networks import ActionSpace
+from .transitions import Transitions
 
 
 @dataclass

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..export.read import load_encoder, load_exported_module
-from .datasets import Transitions
 from .encoders import CachedFrameEncoder, FeatureEncoder, NatureCNN, PixelEncoder, precompute_features
 from .rl_recipe import ArmConfig
+from .transitions import Transitions
 
 RANDOM_DRAW_SEED = 0
 

@@ -152,8 +152,7 @@ def ogbench_task_labels(dataset_name: str, path) -> dict[str, np.ndarray]:
     import_ogbench()
     from ogbench.relabel_utils import relabel_dataset
 
-    from .datasets import npz_keys
-    from .npz import read_npz
+    from ..data.ogbench_npz import npz_keys, read_npz
 
     splits = dataset_name.split("-")
     if "singletask" not in splits:

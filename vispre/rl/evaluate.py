@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .agent import Agent, to_torch
-from .datasets import Transitions
+from .transitions import Transitions
 
 
 def monte_carlo_returns(data: Transitions, discount: float) -> np.ndarray:

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .agent import Agent, TDConfig
-from .datasets import Transitions, goal_rewards
 from .iql import awr_weights, expectile_loss, td_target
 from .networks import ActionSpace, Policy, mlp, polyak_target
 from .registry import register_agent
+from .transitions import Transitions, goal_rewards
 
 
 @dataclass

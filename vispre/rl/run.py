@@ -15,19 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.ogbench_npz import read_npz
 from ..utils.device import resolve_device
 from ..utils.io import write_atomic
 from ..utils.typed_config import ConfigError, to_yaml
 from .agent import to_torch
 from .arms import FrozenFeatures, build_arm
-from .datasets import Transitions
 from .eval_envs import MiniGridLayouts, eval_env_factory, ogbench_task_labels
 from .evaluate import UniformPolicy, rollouts, value_error
 from .networks import ActionSpace
-from .npz import read_npz
 from .registry import AGENTS
 from .report import write_report
 from .rl_recipe import OfflineRLConfig, load_offline_rl_config
+from .transitions import Transitions
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Offline RL data in OGBench's ``.npz`` layout: the two OGBench readings, and batches with frame
+"""Offline RL data in OGBench's ``.npz`` layout (read by ``vispre.data.ogbench_npz``): batches with frame
 stacks and goals drawn at sample time.
 
 The file (OGBench, and vispre's MiniGrid generator) concatenates trajectories row after row::
@@ -25,73 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .npz import read_npz
-
-REQUIRED = ("observations", "actions", "terminals")
-READ = (*REQUIRED, "rewards", "masks")  # other members (qpos, positions, ...) are not read
-
-
-def load_ogbench(path: str | Path, compact: bool = False, mmap: bool = True, cache_dir: str | Path | None = None,
-                 keep_rows: np.ndarray | None = None, labels: dict | None = None) -> dict[str, np.ndarray]:
-    """An OGBench ``.npz`` as ``ogbench.utils.load_dataset`` returns it (regular or compact), with
-    ``rewards``/``masks`` kept (row-aligned like ``actions``) where the file has them or ``labels`` (per
-    file row, e.g. OGBench's single-task relabelling) gives them. ``keep_rows`` (bool per file row, whole
-    trajectories) drops trajectories first (a copy: no longer memory-mapped)."""
-    path = Path(path)
-    raw = read_npz(path, mmap=mmap, cache_dir=cache_dir, keys=[k for k in READ if k in npz_keys(path)])
-    raw.update(labels or {})
-    if keep_rows is not None:
-        raw = _keep_trajectories(path, raw, np.asarray(keep_rows, bool))
-    missing = [k for k in REQUIRED if k not in raw]
-    if missing:
-        raise KeyError(f"{path}: missing array(s) {', '.join(missing)} (OGBench layout needs {', '.join(REQUIRED)})")
-    rows = len(raw["observations"])
-    for key in READ:
-        if key in raw and len(raw[key]) != rows:
-            raise ValueError(f"{path}: {key} has {len(raw[key])} rows, observations has {rows}")
-    terminals = np.asarray(raw["terminals"], dtype=np.float32)
-    if rows == 0 or terminals[-1] != 1:
-        raise ValueError(f"{path}: terminals[-1] must be 1 (the last row must end a trajectory)")
-    data = {"observations": raw["observations"], "actions": np.asarray(raw["actions"])}
-    for key in ("rewards", "masks"):
-        if key in raw:
-            data[key] = np.asarray(raw[key], dtype=np.float32)
-    if compact:
-        data["valids"] = 1.0 - terminals
-        shifted = np.concatenate([terminals[1:], [1.0]])
-        data["terminals"] = np.minimum(terminals + shifted, 1.0).astype(np.float32)
-        return data
-    keep = terminals == 0  # rows that have a next frame
-    after = np.concatenate([[False], keep[:-1]])  # rows that are some row's next frame
-    out = {k: v[keep] for k, v in data.items()}
-    out["next_observations"] = data["observations"][after]
-    out["terminals"] = np.concatenate([terminals[1:], [1.0]])[keep].astype(np.float32)
-    return out
-
-
-def npz_keys(path: str | Path) -> set[str]:
-    with np.load(path, allow_pickle=False) as f:
-        return set(f.files)
-
-
-def _keep_trajectories(path: Path, raw: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
-    if len(keep) != len(raw["observations"]):
-        raise ValueError(f"{path}: keep_rows has {len(keep)} rows, the file {len(raw['observations'])}")
-    start, _ = _trajectory_bounds(np.asarray(raw["terminals"]) > 0)
-    if np.any(keep != keep[start]):
-        raise ValueError(f"{path}: keep_rows must keep or drop whole trajectories")
-    if not keep.any():
-        raise ValueError(f"{path}: keep_rows drops every trajectory")
-    return {k: np.asarray(v)[keep] for k, v in raw.items()}
-
-
-def _trajectory_bounds(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every row: the first row of its trajectory and the last (``ends`` marks last rows)."""
-    end_rows = np.flatnonzero(ends)
-    pos = np.searchsorted(end_rows, np.arange(len(ends)))
-    last = end_rows[pos]
-    start = np.where(pos == 0, 0, end_rows[np.maximum(pos - 1, 0)] + 1)
-    return start.astype(np.int64), last.astype(np.int64)
+from ..data.ogbench_npz import load_ogbench, trajectory_bounds
 
 
 @dataclass
@@ -120,10 +54,10 @@ class Transitions:
         if common["rewards"] is not None and common["masks"] is None:
             common["masks"] = np.ones(rows, np.float32)
         if "valids" in data:  # compact: the last frame of a trajectory is the row with valids == 0
-            start, last_frame = _trajectory_bounds(data["valids"] == 0)
+            start, last_frame = trajectory_bounds(data["valids"] == 0)
             return cls(valid=np.flatnonzero(data["valids"] > 0), traj_start=start, traj_last=last_frame - 1, **common)
         if "next_observations" in data:  # regular: terminals = 1 on each trajectory's last transition
-            start, last = _trajectory_bounds(np.asarray(data["terminals"]) > 0)
+            start, last = trajectory_bounds(np.asarray(data["terminals"]) > 0)
             return cls(valid=np.arange(rows), traj_start=start, traj_last=last,
                        next_observations=data["next_observations"], **common)
         raise KeyError("a dataset dict needs 'valids' (compact layout) or 'next_observations' (regular layout)")

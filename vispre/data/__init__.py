@@ -7,10 +7,10 @@ slot, shuffle, resume) -> transforms (decode, crop) -> loader (one rank's epochs
 from .loader import StreamLoader
 from .pipeline import DataConfig, build_loader, build_transform
 from .skips import SkipCounter, SkipSample
-from .stream import Layout, ShardStream
+from .stream import RankLayout, ShardStream
 from .transforms import CenterCrop, ClipFrames, CropGroup, RandomViews, SampleDecoder
-from .urls import Source, parse_spec
+from .urls import ShardSet, parse_spec
 
 __all__ = ["DataConfig", "build_loader", "build_transform", "StreamLoader", "SkipCounter", "SkipSample",
-           "Layout", "ShardStream", "CenterCrop", "ClipFrames", "CropGroup", "RandomViews", "SampleDecoder",
-           "Source", "parse_spec"]
+           "RankLayout", "ShardStream", "CenterCrop", "ClipFrames", "CropGroup", "RandomViews", "SampleDecoder",
+           "ShardSet", "parse_spec"]

@@ -27,7 +27,7 @@ SOURCE_SEPARATOR = "::"
 
 
 @dataclass
-class Source:
+class ShardSet:
     """One source of a mixture: its shard URLs, mixing weight and (if known) samples per shard."""
 
     spec: str
@@ -64,7 +64,7 @@ def expand_source(spec: str) -> list[str]:
 
 
 def parse_spec(spec: str | Sequence[str], weights: Sequence[float] | None = None,
-               allow_pipe: bool = False, read_sizes: bool = True) -> list[Source]:
+               allow_pipe: bool = False, read_sizes: bool = True) -> list[ShardSet]:
     """Split ``spec`` into weighted sources, check schemes, and look up shard sizes."""
     parts = spec.split(SOURCE_SEPARATOR) if isinstance(spec, str) else list(spec)
     if weights is not None and len(weights) != len(parts):
@@ -81,24 +81,83 @@ def parse_spec(spec: str | Sequence[str], weights: Sequence[float] | None = None
         if not weight > 0:
             raise ValueError(f"data.weights[{i}] must be > 0, got {weight}")
         sizes = lookup_sizes(urls) if read_sizes else None
-        sources.append(Source(spec=part, urls=urls, weight=weight, sizes=sizes))
+        sources.append(ShardSet(spec=part, urls=urls, weight=weight, sizes=sizes))
     return sources
 
 
 # ---------------------------------------------------------------------------------------------
 # Opening shards
 
-def open_url(url: str, *, allow_pipe: bool = False, timeout: float = 60.0, retries: int = 3) -> IO[bytes]:
-    """A readable binary stream for ``url``. Errors name the URL."""
+class ShardDeadline(TimeoutError):
+    """A shard read took longer than its overall deadline (``data.shard_deadline``)."""
+
+
+class DeadlineReader:
+    """A stream that fails once ``seconds`` have passed since it was opened.
+
+    ``http_timeout`` bounds the wait for *one* byte; a server that trickles a byte every few seconds
+    never trips it and holds a reader forever. Reads here go through ``read1`` where the stream has it
+    (HTTP responses, files, pipes' buffered stdout): each call returns after at most one receive, so the
+    deadline is checked at least once per ``http_timeout``.
+    """
+
+    def __init__(self, stream: IO[bytes], url: str, seconds: float):
+        self.stream, self.url, self.seconds = stream, url, seconds
+        self.deadline = time.monotonic() + seconds
+        self._read1 = getattr(stream, "read1", None)
+
+    def _check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ShardDeadline(f"{self.url}: reading the shard took more than data.shard_deadline="
+                                f"{self.seconds:g} s")
+
+    def read(self, size: int = -1) -> bytes:
+        self._check()
+        if self._read1 is None or size is None or size < 0:
+            return self.stream.read(size)
+        parts, got = [], 0
+        while got < size:
+            chunk = self._read1(size - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+            if got < size:
+                self._check()
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_url(url: str, *, allow_pipe: bool = False, timeout: float = 60.0, retries: int = 3,
+             deadline: float | None = None) -> IO[bytes]:
+    """A readable binary stream for ``url``; with ``deadline``, reading it fails (``ShardDeadline``) after
+    that many seconds. Errors name the URL."""
+    stream = _open(url, allow_pipe=allow_pipe, timeout=timeout, retries=retries)
+    return DeadlineReader(stream, url, deadline) if deadline else stream
+
+
+def _open(url: str, *, allow_pipe: bool, timeout: float, retries: int) -> IO[bytes]:
     kind = scheme(url)
     if kind == "file":
         return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
     if kind == "pipe":
         if not allow_pipe:
             raise PermissionError(f"{url!r}: 'pipe:' URLs are disabled (data.allow_pipe=false)")
-        import webdataset.gopen  # webdataset's pipe handling checks the command's exit status
+        # webdataset's Pipe raises on close when the command exits non-zero (141, SIGPIPE, is fine).
+        # ``webdataset.gopen`` is the *function* webdataset's __init__ exports, which shadows the module
+        # of that name: import gopen_pipe from the module itself.
+        from webdataset.gopen import gopen_pipe
 
-        return webdataset.gopen.gopen(url, "rb")
+        return gopen_pipe(url, "rb")
     if kind in ("http", "https"):
         return _open_http(url, timeout=timeout, retries=retries)
     return _open_fsspec(url)

@@ -33,7 +33,7 @@ class EnvConfig:
 
 
 @dataclass
-class DataConfig:
+class OfflineDataConfig:
     path: str = ""  # training .npz (OGBench layout); '' = generate it under output_dir with the MiniGrid generator
     val_path: str = ""  # '' = path with -val.npz
     compact: bool = True  # OGBench's compact reading (frames stay memory-mapped); False: regular (a copy)
@@ -57,7 +57,7 @@ class ArmConfig:
 
 
 @dataclass
-class EvalConfig:
+class RolloutConfig:
     episodes: int = 50  # final evaluation, per seed
     curve_points: int = 2  # intermediate evaluations (learning curve) besides the final one
     curve_episodes: int = 20
@@ -74,12 +74,12 @@ class OfflineRLConfig:
     kind: str = "offline_rl"
     name: str = "offline_rl"
     env: EnvConfig = field(default_factory=EnvConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: OfflineDataConfig = field(default_factory=OfflineDataConfig)
     # typed by the registered config of agent.name (vispre.rl.registry; e.g. IQLConfig in rl/iql.py)
     agent: Any = field(default_factory=lambda: {"name": "iql"})
     arms: list[ArmConfig] = field(default_factory=lambda: [ArmConfig(kind="scratch"), ArmConfig(kind="frozen")])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: RolloutConfig = field(default_factory=RolloutConfig)
     output_dir: str = "runs/offline_rl"
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     threads: int = 0  # torch threads (0: torch's default)

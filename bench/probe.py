@@ -112,7 +112,7 @@ def main():
 
     singles, naive_s, naive_mem = timed(device, naive)
     with torch.no_grad():
-        diff = {lr: max(float((singles[v, lr].weight.T - heads[v].weight[i]).abs().max()) for v in variants)
+        diff = {lr: max(float((singles[v, lr].weight.T - heads[v].head(i)[0]).abs().max()) for v in variants)
                 for i, lr in enumerate(lrs)}
 
     steps = args.epochs * -(-len(features) // args.batch)

@@ -45,6 +45,11 @@ class Features:
         parts = self.blocks[-n_blocks:] + ([self.patch_mean] if avgpool else [])
         return torch.cat([p.float() for p in parts], dim=1)
 
+    def matrix(self) -> torch.Tensor:
+        """[N, sum of block dims + patch dim]: the blocks oldest first, then the patch mean (stored dtype);
+        every linear input is a column range of it (``Variant.columns``)."""
+        return torch.cat(self.blocks + [self.patch_mean], dim=1)
+
     def subset(self, index: torch.Tensor) -> Features:
         return Features([b[index] for b in self.blocks], self.patch_mean[index], self.targets[index])
 

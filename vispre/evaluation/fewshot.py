@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .linear import head_loss
+from .grid import head_loss
 from .metrics import score
 
 

@@ -1,34 +1,29 @@
 """DINOv2's linear probe: a grid of linear heads trained together on frozen features.
 
 Grid: learning rates x input variants, a variant being the pooled features of the last n blocks
-concatenated, with or without the last block's mean patch token (``Features.linear_input``). Per
-variant the L heads are one tensor W [L, D, C], so a mini-batch costs one batched matmul:
+concatenated, with or without the last block's mean patch token (``Features.linear_input``). The
+features are one matrix [N, sum of block dims + patch dim] (blocks oldest first, then the patch
+mean), so every variant's input is a column range of it: a mini-batch is one gather, and a
+variant's L heads are one matmul with its weights laid out as [D, L x C]:
 
-    logits_l = x W_l + b_l                                 (einsum "bd,ldc->lbc")
-    loss     = sum_l mean_b CE(logits_l, y)                 (BCE with logits for multi-label)
+    logits[:, l] = x W_l + b_l          loss = sum_l mean_b CE(logits[:, l], y)   (BCE if multi-label)
 
-Each head's gradient is that of its own mean loss, so training them together is the same maths as
-training each alone. SGD with momentum mu and no weight decay, cosine schedule over all steps
-(torch.optim.SGD + CosineAnnealingLR(eta_min=0), DINOv2's choice), a learning rate per head:
-
-    v_l <- mu v_l + g_l ;   W_l <- W_l - lr_l (1 + cos(pi t / T)) / 2 * v_l
-
-The head with the best validation score is reported on test. ``train_single_head`` is the naive
-way (one nn.Linear + torch.optim.SGD per head): the tests check the grid against it and
-bench/probe.py times both.
+SGD with momentum, no weight decay, cosine to 0 (DINOv2), a learning rate per head, through the
+grid optimizer shared with the MAP and decoder probes (vispre.evaluation.grid). The head with the
+best validation score is reported on test. ``train_single_head`` is the naive way (one nn.Linear +
+torch.optim.SGD per head): the tests check the grid against it and bench/probe.py times both.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .features import Features
+from .grid import GridOptimizer, OptimConfig, batch_order, fit, head_loss, steps_per_epoch
 from .metrics import headline, metrics_from_top, multilabel_metrics, top_classes
 
 
@@ -44,14 +39,15 @@ class Variant:
     def inputs(self, features: Features) -> torch.Tensor:
         return features.linear_input(self.n_blocks, self.avgpool)
 
+    def columns(self, features: Features) -> slice:
+        """This variant's input as a column range of ``features.matrix()``."""
+        dims = [b.shape[1] for b in features.blocks]
+        start, end = sum(dims[:-self.n_blocks]), sum(dims)
+        return slice(start, end + (features.patch_mean.shape[1] if self.avgpool else 0))
+
     def in_dim(self, features: Features) -> int:
-        return sum(b.shape[1] for b in features.blocks[-self.n_blocks:]) + (
-            features.patch_mean.shape[1] if self.avgpool else 0)
-
-
-def cosine_factor(step: int, total: int) -> float:
-    """CosineAnnealingLR(T_max=total, eta_min=0) in closed form: (1 + cos(pi t / T)) / 2."""
-    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+        columns = self.columns(features)
+        return columns.stop - columns.start
 
 
 def initial_weights(in_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,68 +56,48 @@ def initial_weights(in_dim: int, num_classes: int, seed: int) -> tuple[torch.Ten
     return torch.randn(in_dim, num_classes, generator=generator) * 0.01, torch.zeros(num_classes)
 
 
-def head_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
-    """Sum over heads of each head's mean loss; logits [L, B, C] (or [B, C] for one head)."""
-    one = logits.ndim == 2
-    logits = logits.unsqueeze(0) if one else logits
-    heads, batch, classes = logits.shape
-    if task == "single":
-        losses = F.cross_entropy(logits.reshape(-1, classes), targets.repeat(heads), reduction="none")
-        return losses.view(heads, batch).mean(1).sum()
-    losses = F.binary_cross_entropy_with_logits(logits, targets.expand_as(logits), reduction="none")
-    return losses.mean((1, 2)).sum()
-
-
 class LinearHeads(nn.Module):
-    """L linear heads on one input, each with its own learning rate."""
+    """L linear heads on one input, each with its own learning rate: weight [D, L, C], bias [L, C]."""
 
     def __init__(self, in_dim: int, num_classes: int, lrs: list[float], seed: int = 0):
         super().__init__()
         weight, bias = initial_weights(in_dim, num_classes, seed)
-        self.weight = nn.Parameter(weight.expand(len(lrs), -1, -1).clone())  # [L, D, C]
-        self.bias = nn.Parameter(bias.expand(len(lrs), -1).clone())  # [L, C]
+        self.weight = nn.Parameter(weight.unsqueeze(1).expand(-1, len(lrs), -1).contiguous())
+        self.bias = nn.Parameter(bias.expand(len(lrs), -1).clone())
         self.register_buffer("lrs", torch.tensor(lrs, dtype=torch.float32))
-        self.momentum_buffers: list[torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bd,ldc->lbc", x, self.weight) + self.bias.unsqueeze(1)
+        """[B, D] -> logits [B, L, C]."""
+        dim, heads, classes = self.weight.shape
+        return torch.addmm(self.bias.view(-1), x, self.weight.view(dim, heads * classes)).view(-1, heads, classes)
 
-    @torch.no_grad()
-    def sgd_step(self, factor: float, momentum: float) -> None:
-        params = [self.weight, self.bias]
-        if self.momentum_buffers is None:  # torch.optim.SGD: the first buffer is the gradient itself
-            self.momentum_buffers = [p.grad.clone() for p in params]
-        else:
-            for buf, p in zip(self.momentum_buffers, params):
-                buf.mul_(momentum).add_(p.grad)
-        for buf, p in zip(self.momentum_buffers, params):
-            lr = (self.lrs * factor).view(-1, *([1] * (p.ndim - 1)))
-            p.sub_(lr * buf)
-            p.grad = None
+    def head(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head i's (weight [D, C], bias [C])."""
+        return self.weight[:, i], self.bias[i]
 
-
-def batch_order(n: int, batch_size: int, epochs: int, seed: int):
-    """The mini-batches (index tensors) of every epoch: a fresh permutation per epoch, last batch partial."""
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        yield from order.split(batch_size)
+    def param_lrs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.weight, self.lrs.view(1, -1, 1)), (self.bias, self.lrs.view(-1, 1))]
 
 
 def train_grid(train: Features, variants: list[Variant], lrs: list[float], *, task: str, num_classes: int,
                epochs: int, batch_size: int, momentum: float = 0.9, seed: int = 0,
                device: torch.device | str = "cpu") -> dict[Variant, LinearHeads]:
     """Every head of the grid in one pass over ``train`` (features and heads on ``device``)."""
-    train = train.to(device)
+    matrix, targets = train.matrix().to(device), train.targets.to(device)
     heads = {v: LinearHeads(v.in_dim(train), num_classes, lrs, seed).to(device) for v in variants}
-    total = epochs * math.ceil(len(train) / batch_size)
-    for step, index in enumerate(batch_order(len(train), batch_size, epochs, seed)):
-        batch = train.subset(index.to(device))
-        loss = sum(head_loss(heads[v](v.inputs(batch)), batch.targets, task) for v in variants)
-        loss.backward()
-        factor = cosine_factor(step, total)
-        for h in heads.values():
-            h.sgd_step(factor, momentum)
+    columns = {v: v.columns(train) for v in variants}
+    optimizer = GridOptimizer([pl for h in heads.values() for pl in h.param_lrs()],
+                              OptimConfig(kind="sgd", momentum=momentum))
+
+    def batches():
+        for index in batch_order(len(train), batch_size, epochs, seed):
+            index = index.to(device)
+            yield matrix[index].float(), targets[index]
+
+    def forward(x):  # [B, V x L, C]: every variant's heads side by side
+        return torch.cat([heads[v](x[:, columns[v]]) for v in variants], dim=1)
+
+    fit(forward, optimizer, batches(), epochs * steps_per_epoch(len(train), batch_size), task=task)
     return heads
 
 
@@ -137,7 +113,7 @@ def train_single_head(train: Features, variant: Variant, lr: float, *, task: str
         head.weight.copy_(weight.T)
         head.bias.copy_(bias)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
-    total = epochs * math.ceil(len(train) / batch_size)
+    total = epochs * steps_per_epoch(len(train), batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=0)
     for index in batch_order(len(train), batch_size, epochs, seed):
         index = index.to(device)
@@ -156,7 +132,7 @@ def head_metrics(heads: LinearHeads, variant: Variant, data: Features, task: str
     kept = []
     for start in range(0, len(data), chunk):
         part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.targets.device))
-        logits = heads(variant.inputs(part)).float()  # [L, b, C]
+        logits = heads(variant.inputs(part)).float().transpose(0, 1)  # [L, b, C]
         kept.append(top_classes(logits) if task == "single" else logits.cpu())
     kept = torch.cat(kept, dim=1)
     targets = data.targets.cpu()

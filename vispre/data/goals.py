@@ -1,13 +1,15 @@
-"""Goals and intents inside trajectories: the (s, s', s+, z) samples of ICVF (and goal-conditioned RL).
+"""Goals and intents inside trajectories: the one goal sampler, for ICVF's (s, s', s+, z) samples and for
+goal-conditioned offline RL (``vispre.rl.transitions``).
 
 The mix of ICVF's released code (``GCSDataset``; Ghosh et al. 2023), for the outcome s+ and the
 intent z independently:
 
     current state            p_current = 0.2     index t
-    future, same trajectory  p_future  = 0.5     uniform: round(t u + last (1 - u)), u ~ U(0, 1)
+    future, same trajectory  p_future  = 0.5     uniform: round(t u + last (1 - u)), u ~ U(0, 1) (the release)
+                                                 uniform_after: the same from min(t + 1, last) (OGBench)
                                                  geometric: min(t + k, last), k ~ Geom(1 - discount) >= 1
     random                   p_random  = 0.3     any frame of another trajectory
-    then s+ := z with probability p_same = 0.5
+    then s+ := z with probability p_same = 0.5 (ICVF; goal-conditioned RL sets 0)
 
 where t indexes s (s' is frame t + 1, so t <= last - 1) and ``last`` is the trajectory's last
 frame. Reaching is index identity: s+ is reached when its index is t (never for random goals).
@@ -30,6 +32,7 @@ from .skips import SkipSample
 from .transforms import CenterCrop
 
 CURRENT, FUTURE, RANDOM = 0, 1, 2
+FUTURES = ("uniform", "uniform_after", "geometric")
 S, S_NEXT, GOAL, INTENT, POOL = range(5)  # frame slots of a sample
 
 
@@ -38,7 +41,7 @@ class GoalMix:
     p_current: float = 0.2
     p_future: float = 0.5
     p_random: float = 0.3
-    future: str = "uniform"  # uniform (ICVF release) | geometric (HIQL / OGBench)
+    future: str = "uniform"  # uniform (ICVF release) | uniform_after (OGBench actor goals) | geometric (OGBench)
     discount: float = 0.99  # geometric future offsets ~ Geom(1 - discount)
     p_same: float = 0.5  # s+ := z
 
@@ -46,11 +49,22 @@ class GoalMix:
         total = self.p_current + self.p_future + self.p_random
         if min(self.p_current, self.p_future, self.p_random) < 0 or abs(total - 1) > 1e-6:
             raise ValueError(f"{where}.p_current + p_future + p_random must be 1 (each >= 0), got {total}")
-        if self.future not in ("uniform", "geometric"):
-            raise ValueError(f"{where}.future must be 'uniform' or 'geometric', got {self.future!r}")
+        if self.future not in FUTURES:
+            raise ValueError(f"{where}.future must be one of {', '.join(FUTURES)}, got {self.future!r}")
         geometric = self.future == "geometric"
         if not 0 <= self.p_same <= 1 or not 0 <= self.discount < 1 or (geometric and not self.discount):
             raise ValueError(f"{where}.p_same must be in [0, 1] and discount in [0, 1) (> 0 for geometric futures)")
+
+
+def future_indices(t: torch.Tensor, last: torch.Tensor, future: str, discount: float = 0.99,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """A later index of the same trajectory for every state ``t`` (``last``: its trajectory's last index)."""
+    if future == "geometric":
+        offset = torch.empty(t.shape, dtype=torch.float64).geometric_(1 - discount, generator=generator)
+        return torch.minimum(t + offset.long(), last)
+    start = t if future == "uniform" else torch.minimum(t + 1, last)
+    v = torch.rand(t.shape, generator=generator, dtype=torch.float64)
+    return torch.round(start * v + last * (1 - v)).long()
 
 
 def draw_goals(t: torch.Tensor, last: torch.Tensor, mix: GoalMix, generator: torch.Generator | None = None):
@@ -60,12 +74,7 @@ def draw_goals(t: torch.Tensor, last: torch.Tensor, mix: GoalMix, generator: tor
     """
     u = torch.rand(t.shape, generator=generator)
     kind = torch.where(u < mix.p_current, CURRENT, torch.where(u < mix.p_current + mix.p_future, FUTURE, RANDOM))
-    if mix.future == "uniform":
-        v = torch.rand(t.shape, generator=generator, dtype=torch.float64)
-        future = torch.round(t * v + last * (1 - v)).long()
-    else:
-        offset = torch.empty(t.shape, dtype=torch.float64).geometric_(1 - mix.discount, generator=generator)
-        future = torch.minimum(t + offset.long(), last)
+    future = future_indices(t, last, mix.future, mix.discount, generator)
     index = torch.where(kind == CURRENT, t, torch.where(kind == FUTURE, future, -1))
     return kind, index
 

@@ -8,6 +8,7 @@ picklable so the pipeline works with spawn/forkserver workers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -80,8 +81,15 @@ class RandomViews:
         return {"views": views, "boxes": all_boxes, "flips": flips, "image_size": torch.tensor([width, height])}
 
 
+def center_crop_resize(size: int, crop_pct: float) -> int:
+    """The shorter side to resize to before a centre ``size`` crop: timm's ``floor(size / crop_pct)``
+    (the one rule for vispre's loaders and probes)."""
+    return math.floor(size / crop_pct)
+
+
 class CenterCrop:
-    """Evaluation transform: resize the shorter side to ``size / crop_pct``, take the centre ``size``."""
+    """Evaluation transform: resize the shorter side to ``center_crop_resize(size, crop_pct)``, take the centre
+    ``size``."""
 
     def __init__(self, size: int = 224, crop_pct: float = 0.875, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.size = size
@@ -91,7 +99,7 @@ class CenterCrop:
     def image(self, data: bytes) -> torch.Tensor:
         width, height = image_size(data)
         check_size(width, height, self.max_pixels)
-        resize = round(self.size / self.crop_pct)
+        resize = center_crop_resize(self.size, self.crop_pct)
         array, _ = decode_rgb(data, min(width, height) / resize)
         image = TF.resize(_to_chw(array), [resize], antialias=True)
         return TF.center_crop(image, [self.size, self.size]).contiguous()

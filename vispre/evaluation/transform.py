@@ -9,7 +9,6 @@ queues carry 4x fewer bytes. The settings come from the encoder's ``pretrained_c
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from ..data.decode import DEFAULT_MAX_PIXELS, check_size, decode_rgb, image_size, to_rgb
+from ..data.transforms import center_crop_resize
 
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -34,7 +34,7 @@ class EvalTransform:
         self.size, self.crop_pct, self.interpolation = int(size), float(crop_pct), interpolation
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.max_pixels = max_pixels
-        self.resize = math.floor(self.size / self.crop_pct)  # timm: scale_size = floor(img_size / crop_pct)
+        self.resize = center_crop_resize(self.size, self.crop_pct)  # timm: floor(img_size / crop_pct)
 
     @classmethod
     def from_encoder(cls, encoder, overrides=None) -> EvalTransform:

@@ -24,7 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..data.goals import RANDOM, GoalMix, draw_goals, future_indices
 from ..data.ogbench_npz import load_ogbench, trajectory_bounds
 
 
@@ -125,12 +127,12 @@ class Transitions:
     def future_rows(self, rows: np.ndarray, rng: np.random.Generator, geometric_p: float | None = None) -> np.ndarray:
         """A later state of the same trajectory: offset ~ Geometric(p) >= 1 clipped at the trajectory's
         last transition (OGBench ``value_geom_sample``), or uniform over (t, last] when ``geometric_p`` is None.
-        The last frame itself is never a goal: as a state it is never trained on (OGBench's final_state_idxs)."""
-        last = self.traj_last[rows]
-        if geometric_p is not None:
-            return np.minimum(rows + rng.geometric(geometric_p, len(rows)), last)
-        u = rng.random(len(rows))
-        return np.round(np.minimum(rows + 1, last) * u + last * (1 - u)).astype(np.int64)
+        The last frame itself is never a goal: as a state it is never trained on (OGBench's final_state_idxs).
+        Drawn by the one goal sampler, ``vispre.data.goals``."""
+        future = "uniform_after" if geometric_p is None else "geometric"
+        discount = 0.99 if geometric_p is None else 1.0 - geometric_p
+        return future_indices(torch.from_numpy(rows), torch.from_numpy(self.traj_last[rows]), future, discount,
+                              _torch_generator(rng)).numpy()
 
     def sample_goals(self, rows: np.ndarray, rng: np.random.Generator, p_current: float = 0.2,
                      p_trajectory: float = 0.5, p_random: float = 0.3, discount: float | None = 0.99) -> np.ndarray:
@@ -138,10 +140,19 @@ class Transitions:
         geometric with p = 1 - discount, uniform when ``discount`` is None), or any transition's state (p_random)."""
         if not np.isclose(p_current + p_trajectory + p_random, 1.0):
             raise ValueError(f"goal probabilities must sum to 1, got {p_current}+{p_trajectory}+{p_random}")
-        future = self.future_rows(rows, rng, None if discount is None else 1.0 - discount)
-        anywhere = self.sample(len(rows), rng)
-        u = rng.random(len(rows))
-        return np.where(u < p_current, rows, np.where(u < p_current + p_trajectory, future, anywhere))
+        mix = GoalMix(p_current, p_trajectory, p_random, "uniform_after" if discount is None else "geometric",
+                      0.99 if discount is None else discount, p_same=0.0)
+        kind, index = draw_goals(torch.from_numpy(rows), torch.from_numpy(self.traj_last[rows]), mix,
+                                 _torch_generator(rng))
+        index = index.numpy()
+        random = kind.numpy() == RANDOM
+        index[random] = self.sample(int(random.sum()), rng)
+        return index
+
+
+def _torch_generator(rng: np.random.Generator) -> torch.Generator:
+    """A torch generator drawn from the numpy one, so a run's goals stay a function of its seed."""
+    return torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
 
 
 def goal_rewards(rows: np.ndarray, goal_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -172,19 +172,19 @@ def test_scores_go_on_the_card_and_replace_by_name(vit_run, tmp_path):
 
 
 def test_export_modules_hook(vit_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(DINO, "export_modules", lambda self, which: {"phi": ExportedModule(self.net(
-        "teacher" if which == "target" else "student")["head"], ExportSpec("dino_head", {"in_dim": 64}))},
+    monkeypatch.setattr(DINO, "export_modules", lambda self, which: {"phi": ExportedModule(self.net(which)["head"],
+        ExportSpec("dino_head", {"in_dim": 64}))},
         raising=False)
     _, method = vit_run
     out = export(vit_run[0], tmp_path / "encoder")
     described = json.loads((out / "phi.json").read_text())
     assert described["class"] == "vispre.models.heads.DINOHead" and described["which"] == "target"
     assert described["builder"] == "dino_head" and described["kwargs"] == {"in_dim": 64}
-    head = copy.deepcopy(method.net("teacher")["head"])
+    head = copy.deepcopy(method.net("target")["head"])
     with torch.no_grad():
         for p in head.parameters():
             p.normal_()
-    expected = method.net("teacher")["head"].state_dict()
+    expected = method.net("target")["head"].state_dict()
     assert not all(torch.equal(v, expected[k]) for k, v in head.state_dict().items())
     load_module(out, "phi", head)
     assert all(torch.equal(v, expected[k]) for k, v in head.state_dict().items())
@@ -299,7 +299,7 @@ def test_init_from_a_vispre_checkpoint(vit_run):
     run, method = vit_run
     encoder = _encoder()
     prefix = init_encoder(encoder, run / "checkpoints" / "checkpoint-00000002" / "model.safetensors")
-    assert prefix == "teacher.module.encoder.timm_model."
+    assert prefix == "target.module.encoder.timm_model."
     expected = method.export_encoder("target").timm_model.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in encoder.timm_model.state_dict().items())
 
@@ -347,7 +347,7 @@ def test_export_a_real_pretrain_run_from_the_command_line(tmp_path, image_shards
     assert main(["export", str(run), str(tmp_path / "encoder")]) == 0  # the CLI, in this process
     checkpoint = load_file(run / "checkpoints" / "checkpoint-00000002" / "model.safetensors")
     exported = load_file(tmp_path / "encoder" / "model.safetensors")
-    prefix = "teacher.module.encoder.timm_model."
+    prefix = "target.module.encoder.timm_model."
     assert exported.keys() == {k[len(prefix):] for k in checkpoint if k.startswith(prefix)}
     assert all(torch.equal(v, checkpoint[prefix + k]) for k, v in exported.items())
     card = (tmp_path / "encoder" / "README.md").read_text()

@@ -38,7 +38,7 @@ def test_two_ranks_stay_in_sync(tmp_path, shards):
     ranks = [json.loads(Path(f"{result}.rank{r}").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # DDP averaged the same gradients on both
-    assert ranks[0]["teacher"] == ranks[1]["teacher"]  # EMA targets in sync too
+    assert ranks[0]["target"] == ranks[1]["target"]  # EMA targets in sync too
     assert ranks[0]["step"] == 8 and ranks[0]["epoch"] == 2  # epochs of 48 / (8 x 2 ranks x 1 worker) = 3 steps
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-00000008" / "model.safetensors").exists()
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 PREFIXES = ("crop_acc/", "value_acc/")
-SINGLE = ("loss", "td_loss", "dino_loss", "teacher_entropy", "curated_acc", "samples_per_s")
+SINGLE = ("loss", "td_loss", "dino_loss", "teacher_entropy", "classifier_acc", "samples_per_s")
 LAST_ONLY = ("srank", "rankme")
 
 

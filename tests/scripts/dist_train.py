@@ -14,9 +14,9 @@ def main():
     trainer.fit()
     model = trainer.accelerator.unwrap_model(trainer.model)
     checksum = sum(float(p.double().sum()) for p in model.parameters())
-    teacher = sum(float(p.double().sum()) for p in model.base.teacher.parameters()) if hasattr(model, "base") else 0
+    target = sum(float(p.double().sum()) for p in model.base.target.parameters()) if hasattr(model, "base") else 0
     row = {"rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
-           "checksum": checksum, "teacher": teacher, "step": trainer.step, "epoch": trainer.loader.epoch}
+           "checksum": checksum, "target": target, "step": trainer.step, "epoch": trainer.loader.epoch}
     # one file per rank: fit() ends the process group (accelerator.end_training), so no gather here
     with open(f"{out_file}.rank{row['rank']}", "w") as f:
         json.dump(row, f)

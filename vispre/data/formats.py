@@ -27,12 +27,18 @@ directories carry ``sizes.json`` (shard file name -> number of samples) when vis
                  KEY.cls    the class index as ASCII digits
                  KEY.json   optional, e.g. {"label_name": "cat"}
 
+``trajectories`` not shards: an OGBench-layout ``.npz`` of observation arrays (``data.spec`` is its path;
+             read by ``vispre.data.trajectories``, the ICVF method builds that loader itself).
+
 The embedded demo "scenes" are ``image`` samples whose json holds the pasted digits:
 ``{"labels": [3, 7], "boxes": [[x0, y0, x1, y1], ...] (pixels), "background": "astronaut"}``.
 """
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
-FORMATS = ("image", "caption", "clip", "labelled")
+FORMATS = ("image", "caption", "clip", "labelled")  # shard formats (SampleDecoder)
+TRAJECTORIES = "trajectories"  # OGBench-layout arrays, not shards
+ALL_FORMATS = (*FORMATS, TRAJECTORIES)
+FRAME_FORMATS = ("clip", TRAJECTORIES)  # whole video frames / observations: the encoder sees frame_size px
 
 
 def frame_ext(index: int, ext: str = "jpg") -> str:

@@ -27,13 +27,14 @@ from safetensors.torch import save_file, save_model
 from timm.models._hub import save_config_for_hf  # timm exports it from this module only
 
 from .. import __version__
+from ..data import formats
 from ..methods import Method, build_method
 from ..models import Encoder, build_encoder
 from ..models.exportable import ExportedModule
-from ..utils.io import write_json
 from ..pretrain.checkpoint import find_checkpoint, load_checkpoint
-from ..pretrain.recipe import PretrainConfig
-from ..utils.typed_config import ConfigError, load_config
+from ..pretrain.recipe import PretrainConfig, recipe_from_values
+from ..utils.io import write_json
+from ..utils.typed_config import ConfigError
 from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
 from .card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
 from .read import CONFIG, WEIGHTS, load_encoder, load_module  # noqa: F401  (public API)
@@ -71,7 +72,7 @@ def load_method(checkpoint: str | Path) -> tuple[Method, PretrainConfig, dict]:
     if "config" not in state:
         raise ValueError(f"{checkpoint / 'state.json'} has no 'config': cannot rebuild the model it holds")
     try:
-        cfg = load_config(PretrainConfig, **OmegaConf.to_container(OmegaConf.create(state["config"])))
+        cfg = recipe_from_values(OmegaConf.to_container(OmegaConf.create(state["config"])))
     except ConfigError as e:
         raise ConfigError(f"{checkpoint / 'state.json'} config: {e}") from e
     # model.init (a foreign initialisation) is not applied: the checkpoint's weights replace it anyway
@@ -80,14 +81,14 @@ def load_method(checkpoint: str | Path) -> tuple[Method, PretrainConfig, dict]:
     return method.eval(), cfg, state
 
 
-def input_config(cfg: PretrainConfig) -> dict:
+def input_config(cfg: PretrainConfig, data_format: str | None = None) -> dict:
     """The preprocessing the encoder saw in training, in timm's pretrained_cfg terms.
 
     Size: the largest (global) crop, a fixed eval size, or the side of clip / trajectory frames. vispre normalises
     with ImageNet mean/std (vispre.photometric) and resizes with torchvision's bilinear antialias.
     """
     data = cfg.data
-    if data.format in ("clip", "trajectories"):  # video frames / offline-RL observations, whole frames
+    if (data_format or data.format) in formats.FRAME_FORMATS:  # video frames / offline-RL observations, whole frames
         size, crop_pct = data.frame_size, 1.0
     else:
         size, crop_pct = data.eval_size or max(v.size for v in data.views), data.crop_pct
@@ -148,7 +149,8 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
     checkpoint = find_export_checkpoint(run_or_checkpoint)
     method, cfg, state = load_method(checkpoint)
     encoder = method.export_encoder(which)
-    data_config = input_config(cfg)
+    data_format = method.data_format(cfg.data)
+    data_config = input_config(cfg, data_format)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
@@ -156,8 +158,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
     tmp.mkdir()
     try:
         save_encoder(encoder, tmp, data_config)
-        hook = getattr(method, "export_modules", None)
-        modules = save_modules(hook(which), tmp, which) if hook is not None else {}
+        modules = save_modules(method.export_modules(which), tmp, which)
         if onnx:
             from .onnx_export import export_onnx
 
@@ -167,7 +168,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
             "which": which, "recipe": cfg.name, "method": cfg.method.name,
             "base": cfg.method.base if cfg.method.name == "ab" else None, "architecture": encoder.name,
             "model_args": json.loads(json.dumps(encoder.model_args)), "steps_planned": cfg.train.steps,
-            "data": {"spec": cfg.data.spec, "format": cfg.data.format}, "input": data_config,
+            "data": {"spec": cfg.data.spec, "format": data_format}, "input": data_config,
             "modules": modules, "onnx": onnx, "recipe_yaml": state["config"]}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
         if scores:

@@ -1,45 +1,31 @@
-"""Pretraining objectives, one file each, one interface: ``method(batch) -> (loss, metrics)``.
+"""Pretraining objectives, one file each, one interface (``vispre.methods.base.Method``).
 
-``build_method(MethodConfig, encoder)`` makes any of them; ``ab`` wraps a base method.
+A method registers itself with its config dataclass (``@register("dino", config=DINOConfig)``); the
+recipe's ``method:`` section is built from the registry (``method_config_schema``), and
+``build_method(method_cfg, encoder)`` makes any registered method; ``ab`` wraps a base method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from .ab import AB, ABConfig
-from .base import Method, SSLMethod
+from .base import Method, SSLMethod, Step
 from .classifier import Classifier, ClassifierConfig
 from .clip import CLIP, CLIPConfig
 from .dino import DINO, DINOConfig
 from .icvf import ICVF, ICVFConfig
-from .registry import METHODS
+from .registry import CONFIGS, METHODS, config_of, method_config_schema, register
 from .simclr import SimCLR, SimCLRConfig
 
-
-@dataclass
-class MethodConfig:
-    name: str = "dino"  # dino | simclr | clip | classifier | ab | icvf
-    base: str = "dino"  # ab only: the base method that supplies p(l | x)
-    augment: str = "dino"  # photometric preset applied on the device: dino | simclr | none
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
-    clip: CLIPConfig = field(default_factory=CLIPConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    ab: ABConfig = field(default_factory=ABConfig)
-    icvf: ICVFConfig = field(default_factory=ICVFConfig)
+MethodConfig = method_config_schema()  # the built-in methods; recipes rebuild it when they load
 
 
-def build_method(cfg: MethodConfig, encoder) -> Method:
-    if cfg.name == "ab":
-        if cfg.base not in METHODS or cfg.base in ("ab", "icvf"):
-            raise ValueError(f"method.base must be one of {sorted(set(METHODS) - {'ab', 'icvf'})}, got {cfg.base!r}")
-        base_kwargs = {cfg.base: getattr(cfg, cfg.base), "augment": cfg.augment}
-        return AB(METHODS[cfg.base], encoder, base_kwargs, cfg.ab)
+def build_method(cfg, encoder) -> Method:
+    """The registered method ``cfg.name``, built from its section of the recipe's ``method:``."""
     if cfg.name not in METHODS:
         raise ValueError(f"method.name must be one of {sorted(METHODS)}, got {cfg.name!r}")
-    return METHODS[cfg.name](encoder, getattr(cfg, cfg.name), augment=cfg.augment)
+    return METHODS[cfg.name].from_config(cfg, encoder)
 
 
-__all__ = ["AB", "ABConfig", "CLIP", "CLIPConfig", "Classifier", "ClassifierConfig", "DINO", "DINOConfig", "ICVF",
-           "ICVFConfig", "METHODS", "Method", "MethodConfig", "SSLMethod", "SimCLR", "SimCLRConfig", "build_method"]
+__all__ = ["AB", "ABConfig", "CLIP", "CLIPConfig", "CONFIGS", "Classifier", "ClassifierConfig", "DINO", "DINOConfig",
+           "ICVF", "ICVFConfig", "METHODS", "Method", "MethodConfig", "SSLMethod", "SimCLR", "SimCLRConfig", "Step",
+           "build_method", "config_of", "method_config_schema", "register"]

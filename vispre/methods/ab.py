@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from ..models import ActionQHead
 from ..utils.diagnostics import accuracy_by_iou, majority_rate
 from ..views.boxes import box_iou, candidate_boxes, relative_action
-from .base import Encoded, Method, SSLMethod, Views, masked, pair_mask, step_generator
-from .registry import register
+from .base import Method, SSLMethod, Step, masked, pair_mask, step_generator
+from .registry import METHODS, register
 
 
 @dataclass
@@ -43,19 +43,28 @@ class ABConfig:
     iou_bins: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 1.0])
 
 
-@register("ab")
+@register("ab", config=ABConfig)
 class AB(Method):
-    def __init__(self, base_cls: type[SSLMethod], encoder, base_kwargs: dict, ab: ABConfig):
+    """Wraps a base method (``method.base``), built from its own section of the recipe (``from_config``)."""
+
+    @classmethod
+    def from_config(cls, method_cfg, encoder) -> AB:
+        base_cls = METHODS.get(method_cfg.base)
+        if base_cls is None or not issubclass(base_cls, SSLMethod):
+            bases = sorted(n for n, c in METHODS.items() if issubclass(c, SSLMethod))
+            raise ValueError(f"method.base must be one of {bases}, got {method_cfg.base!r}")
+        return cls(base_cls.from_config(method_cfg, encoder), method_cfg.ab)
+
+    def __init__(self, base: SSLMethod, ab: ABConfig):
         super().__init__()
         if ab.divergence not in ("ce", "bce"):
             raise ValueError(f"method.ab.divergence must be 'ce' or 'bce', got {ab.divergence!r}")
-        extra = {}
+        encoder = base.online["encoder"]
         if ab.action_conditioned:
-            extra["qhead"] = ActionQHead(encoder.num_features, depth=ab.qhead_depth, num_heads=ab.qhead_heads,
-                                         num_action_tokens=ab.qhead_tokens)
-        self.base = base_cls(encoder, extra=extra, **base_kwargs)
+            base.attach({"qhead": ActionQHead(encoder.num_features, depth=ab.qhead_depth, num_heads=ab.qhead_heads,
+                                              num_action_tokens=ab.qhead_tokens)})
+        self.base = base
         self.base.needs_target = True
-        self.base.needs_tokens = ab.action_conditioned
         self.cfg = ab
 
     # the loop's hooks go to the base method, which owns the networks
@@ -73,14 +82,15 @@ class AB(Method):
         return self.base.export_encoder(which)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        views, student, teacher = self.base.encode_step(batch)
-        td, metrics = self.td_loss(views, student, teacher)  # before base_loss: DINO moves its centre there
-        base, base_metrics = self.base.base_loss(views, student, teacher, batch)
+        step = self.base.begin(batch, tokens=self.cfg.action_conditioned)
+        base, base_metrics = self.base.base_loss(step)
+        td, metrics = self.td_loss(step)
+        self.base.finish_step(step)  # after both losses: DINO moves its centre here
         loss = self.cfg.base_weight * base + self.cfg.td_weight * td
-        return masked(loss, views.valid), {**base_metrics, **metrics, "td_loss": td.detach()}
+        return masked(loss, step.views.valid), {**base_metrics, **metrics, "td_loss": td.detach()}
 
     # -- Q(l | x, a) --------------------------------------------------------------------------------
-    def q_logits(self, which: str, tokens: list[torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+    def q_logits(self, which: str, tokens: list[torch.Tensor], actions: torch.Tensor, step: Step) -> torch.Tensor:
         """Annotation logits of Q for each view and action: tokens per group [B, n_g, T, D],
         actions [B, V, K, 5] -> [B, V, K, L]."""
         net, out, start = self.base.net(which), [], 0
@@ -90,24 +100,25 @@ class AB(Method):
             features = net["qhead"](group.reshape(b * n, t, d), a.reshape(b * n, a.shape[2], 5))
             out.append(features.view(b, n, a.shape[2], d))
             start += n
-        return self.base.annotation_logits(which, torch.cat(out, dim=1))
+        return self.base.annotation_logits(which, torch.cat(out, dim=1), step)
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
         """Q values in [0, 1] per annotation, in the units of the divergence."""
         return torch.sigmoid(logits) if self.cfg.divergence == "bce" else self.base.value_log_probs(logits).exp()
 
     # -- the TD loss --------------------------------------------------------------------------------
-    def td_loss(self, views: Views, student: Encoded, teacher: Encoded) -> tuple[torch.Tensor, dict]:
+    def td_loss(self, step: Step) -> tuple[torch.Tensor, dict]:
+        views, online, target = step.views, step.online, step.target
         boxes, flips = views.boxes, views.flips
-        n_views, n_target = boxes.shape[1], teacher.all_pooled().shape[1]
+        n_views, n_target = boxes.shape[1], target.all_pooled().shape[1]
         to_target = relative_action(boxes[:, :, None], boxes[:, None, :n_target],
                                     flips[:, :, None], flips[:, None, :n_target])  # [B, V, G, 5]
         with torch.no_grad():
-            target = self.td_target(views, teacher, n_target)  # [B, G, L]
+            target = self.td_target(step, n_target)  # [B, G, L]
         if self.cfg.action_conditioned:
-            logits = self.q_logits("student", student.tokens, to_target)  # [B, V, G, L]
+            logits = self.q_logits("online", online.tokens, to_target, step)  # [B, V, G, L]
         else:
-            logits = self.base.annotation_logits("student", student.all_pooled())[:, :, None].expand(
+            logits = self.base.annotation_logits("online", online.all_pooled(), step)[:, :, None].expand(
                 -1, -1, n_target, -1)
         mask = pair_mask(n_views, n_target, logits.device)  # x1 != x2
         if self.cfg.divergence == "ce":
@@ -119,13 +130,14 @@ class AB(Method):
         loss = per_pair.mean(0)[mask].mean()
         return loss, self.value_accuracy(logits, target, boxes, mask, n_target)
 
-    def td_target(self, views: Views, teacher: Encoded, n_target: int) -> torch.Tensor:
+    def td_target(self, step: Step, n_target: int) -> torch.Tensor:
         """y = (1 - gamma) p_target(l | x2) + gamma max_{a'} Q_target(l | x2, a')."""
-        p = self.base.target_probs(teacher)  # [B, G, L]
+        views, target = step.views, step.target
+        p = step.target_probs  # [B, G, L]
         gamma = self.cfg.gamma
         if gamma == 0 or not self.cfg.action_conditioned:
             return p if gamma == 0 else (1 - gamma) * p + gamma * self.value(
-                self.base.annotation_logits("teacher", teacher.all_pooled()))
+                self.base.annotation_logits("target", target.all_pooled(), step))
         b, device = views.batch_size, p.device
         generator = step_generator(device, self.seed, self.step, self.rank, "candidates")
         random_boxes, random_flips = candidate_boxes(b, self.cfg.num_candidates, self.cfg.candidate_scale,
@@ -134,7 +146,7 @@ class AB(Method):
         flips = torch.cat([views.flips, random_flips], dim=1)
         actions = relative_action(views.boxes[:, :n_target, None], boxes[:, None],
                                   views.flips[:, :n_target, None], flips[:, None])  # [B, G, V + K, 5]
-        q_future = self.value(self.q_logits("teacher", teacher.tokens, actions))  # [B, G, V + K, L]
+        q_future = self.value(self.q_logits("target", target.tokens, actions, step))  # [B, G, V + K, L]
         not_self = torch.ones(n_target, boxes.shape[1], dtype=torch.bool, device=device)
         not_self[:, :n_target] = pair_mask(n_target, n_target, device)  # a' = "stay" is excluded
         best = q_future.masked_fill(~not_self[None, :, :, None], 0).amax(dim=2)  # per-l max over A'

@@ -1,13 +1,17 @@
-"""What every pretraining method shares: the interface, the online/target networks, the views.
+"""What every pretraining method shares: the interface the trainer and exporter use, the online/target
+networks, the views, and the per-step state.
 
-A method is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, metrics)``; the training
-loop knows nothing else about it. Self-supervised base methods (DINO, SimCLR, CLIP, a curated
-classifier) also define an *annotation space* l and the annotation distribution p(l | view),
-which Annotation Bootstrapping uses as its reward:
+A method is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, metrics)``; every other hook the
+training loop or the exporter calls is declared on ``Method`` below with its default, so a method overrides
+only what it needs. Self-supervised base methods (DINO, SimCLR, CLIP, a classifier) also define an
+*annotation space* l and the annotation distribution p(l | view), which Annotation Bootstrapping uses as
+its reward:
 
-    annotation_logits(net, features)   raw logits over l for pooled features of a view
-    annotation_probs(logits)           p(l | x) as the target network announces it (sharpened)
-    value_log_probs(logits)            the prediction side: log-probabilities of a value/student
+    annotation_logits(which, features, step)   raw logits over l for pooled features of views
+    annotation_probs(logits)                   p(l | x) as the target network announces it (sharpened)
+    value_log_probs(logits)                    the prediction side: log-probabilities of the online network
+
+The two networks are always called ``online`` (trained by gradient) and ``target`` (its EMA copy).
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import torch
 import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
+from ..data import DataConfig, build_loader
 from ..models import Encoder
+from ..models.exportable import ExportedModule
 from ..utils.diagnostics import accuracy_by_iou, majority_rate
 from ..utils.seeding import step_generator  # noqa: F401  (re-exported for the methods)
 from ..views.boxes import box_iou
 from ..views.photometric import Photometric
+from .registry import config_of
+
+NETWORKS = ("online", "target")
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Views:
 @dataclass
 class Encoded:
     """Encoder outputs for views, per crop group: pooled [B, n_g, D]; tokens [B, n_g, 1 + N_g, D]
-    (the pooled feature first, then the patch/spatial tokens: what the Q head attends to)."""
+    (the pooled feature first, then the patch/spatial tokens: what AB's decoder attends to)."""
 
     pooled: list[torch.Tensor]
     tokens: list[torch.Tensor] = field(default_factory=list)
@@ -60,13 +69,59 @@ class Encoded:
         return torch.cat(self.pooled, dim=1)  # [B, V, D]
 
 
-class Method(nn.Module):
-    """The interface the training loop sees."""
+@dataclass
+class Step:
+    """One step of a base method on its batch, computed once and shared, in this order, by the base loss,
+    a wrapper's loss (AB) and ``finish_step`` (which alone may move state such as DINO's centre)."""
 
+    batch: dict
+    views: Views
+    online: Encoded
+    target: Encoded | None = None  # the target network's encodings of ``target_groups``
+    target_logits: torch.Tensor | None = None  # [B, G, L] annotation logits of the target views
+    target_probs: torch.Tensor | None = None  # [B, G, L] p_target(l | x) of the target views
+    keys: torch.Tensor | None = None  # [L, P] a per-step annotation set from the target network, all ranks
+    captions: list[str] | None = None  # CLIP: the caption drawn for each image
+    text: torch.Tensor | None = None  # CLIP: the online text tower's embeddings of the captions (gradient)
+
+
+class Method(nn.Module):
+    """The interface the training loop and the exporter see; every hook has a default."""
+
+    method_name: str = "?"  # set by @register
+    config_class: type | None = None
     step, total_steps, seed, rank = 0, 1, 0, 0  # set_step() updates them before every step
 
+    @classmethod
+    def from_config(cls, method_cfg, encoder: Encoder) -> Method:
+        """Build from the recipe's ``method:`` section: ``cls(encoder, method.NAME, augment=method.augment)``."""
+        return cls(encoder, config_of(method_cfg, cls.method_name), augment=method_cfg.augment)
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """One step's loss (a scalar with gradient) and metrics (scalars) from one loader batch."""
         raise NotImplementedError
+
+    def build_loader(self, data_cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                     second: DataConfig | None = None):
+        """The rank's training loader; ``second`` is the recipe's second stream (``annotation_data``), which
+        only methods that read two streams (AB) accept."""
+        if second is not None:
+            raise ValueError(f"method {self.method_name} reads one stream: annotation_data must not be set")
+        return build_loader(data_cfg, rank, world_size)
+
+    def diagnostics(self, data_cfg: DataConfig, n: int) -> dict | None:
+        """Method-specific diagnostics on ``n`` probe samples, or None: the trainer's default (srank and
+        RankMe of the target encoder's features on a fixed batch of centre crops)."""
+        return None
+
+    def data_format(self, data_cfg: DataConfig) -> str:
+        """The data format the encoder read, as the export records it (``vispre.data.formats``)."""
+        return data_cfg.format
+
+    def export_modules(self, which: str = "target") -> dict[str, ExportedModule]:
+        """Extra modules to export beside the encoder (``NAME.safetensors`` + the spec that rebuilds it),
+        from the ``which`` network."""
+        return {}
 
     def set_step(self, step: int, total_steps: int, seed: int = 0, rank: int = 0) -> None:
         """Called before every step: schedules that live in the method, and the step's RNG."""
@@ -79,54 +134,73 @@ class Method(nn.Module):
         """Hook between backward and the optimizer step (e.g. DINO freezes its last layer early on)."""
 
     def export_encoder(self, which: str = "target") -> Encoder:
+        """The encoder of the ``online`` or ``target`` network."""
         raise NotImplementedError
 
 
-class SSLMethod(Method):
-    """A base method with an online network (``student``) and its EMA copy (``teacher``).
+def rename_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the online/target vocabulary named the networks student/teacher."""
+    for old, new in (("student.", "online."), ("teacher.", "target.")):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
-    ``student`` is a ModuleDict holding at least ``encoder``; subclasses add their heads, and a
-    wrapper such as AB adds its own modules through ``extra`` so the EMA copy includes them.
+
+class SSLMethod(Method):
+    """A base method with an ``online`` network and its EMA copy ``target``.
+
+    ``online`` is a ModuleDict holding at least ``encoder``; subclasses add their heads, and a wrapper such
+    as AB adds its own modules with ``attach`` so the EMA copy includes them.
     """
 
-    teacher_groups: tuple[int, ...] = (0,)  # crop groups the target network encodes (global views)
-    uses_teacher = False  # whether the base loss itself needs the target network's view encodings
+    target_groups: tuple[int, ...] = (0,)  # crop groups the target network encodes (global views)
+    uses_target = False  # whether the base loss itself needs the target network's view encodings
     needs_target = False  # set by a wrapper (AB) that needs them for its own targets
-    needs_tokens = False  # whether encodings must include patch tokens (AB's Q head)
+    ema_target = True  # False (AB's "no EMA target" ablation): the target is the online network, no gradient
 
-    def __init__(self, encoder: Encoder, heads: dict[str, nn.Module], extra: dict[str, nn.Module] | None = None,
-                 augment: str = "dino"):
+    def __init__(self, encoder: Encoder, heads: dict[str, nn.Module], augment: str = "dino"):
         super().__init__()
-        self.student = nn.ModuleDict({"encoder": encoder, **heads, **(extra or {})})
-        self.teacher = ModelEmaV3(self.student, decay=0.996)
-        self.teacher.requires_grad_(False)
+        self.online = nn.ModuleDict({"encoder": encoder, **heads})
+        self.target = ModelEmaV3(self.online, decay=0.996)
+        self.target.requires_grad_(False)
         self.augment = augment
         self.step, self.total_steps, self.seed, self.rank = 0, 1, 0, 0
-        self.cache: dict = {}  # per-step values shared by the base loss and a wrapper (AB)
         self.iou_bins = [0.0, 0.2, 0.4, 0.6, 1.0]
+        self._register_load_state_dict_pre_hook(self._rename_legacy, with_module=False)
+
+    def _rename_legacy(self, state_dict, prefix, *args):
+        rename_legacy_keys(self, state_dict, prefix)
+
+    def attach(self, modules: dict[str, nn.Module]) -> None:
+        """Add a wrapper's modules (AB's decoder and annotation head) to both networks."""
+        self.online.update(modules)
+        self.target = ModelEmaV3(self.online, decay=self.target.decay)
+        self.target.requires_grad_(False)
 
     # -- networks ---------------------------------------------------------------------------------
     def net(self, which: str) -> nn.ModuleDict:
-        return self.student if which == "student" else self.teacher.module
+        if which not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {which!r}")
+        return self.online if which == "online" or not self.ema_target else self.target.module
 
     def update_target(self, momentum: float) -> None:
-        self.teacher.decay = momentum
-        self.teacher.update(self.student)
+        self.target.decay = momentum
+        self.target.update(self.online)
 
     def export_encoder(self, which: str = "target") -> Encoder:
-        return (self.teacher.module if which == "target" else self.student)["encoder"]
+        return self.net(which)["encoder"]
 
     # -- views ------------------------------------------------------------------------------------
-    def prepare(self, batch: dict) -> Views:
+    def prepare(self, batch: dict, augment: str | None = None, stream: str = "photometric") -> Views:
         """uint8 crops from the loader -> augmented, normalised views on the device (batched)."""
         device = next(self.parameters()).device
-        generator = step_generator(device, self.seed, self.step, self.rank, "photometric")
+        generator = step_generator(device, self.seed, self.step, self.rank, stream)
+        preset = augment or self.augment
         groups, view = [], 0
         for crops in batch["views"]:
             crops = crops.to(device, non_blocking=True)
             out = []
             for i in range(crops.shape[1]):
-                out.append(Photometric.preset(self.augment, view)(crops[:, i], generator))
+                out.append(Photometric.preset(preset, view)(crops[:, i], generator))
                 view += 1
             groups.append(torch.stack(out, dim=1))
         return Views(groups, batch["boxes"].to(device), batch["flips"].to(device), batch["valid"].to(device))
@@ -147,54 +221,65 @@ class SSLMethod(Method):
         return Encoded(pooled, all_tokens)
 
     # -- what a base method defines ---------------------------------------------------------------
-    def base_loss(self, views: Views, student: Encoded, teacher: Encoded, batch: dict) -> tuple[torch.Tensor, dict]:
+    def annotations(self, step: Step) -> None:
+        """The step's annotation set, from the target network (e.g. SimCLR's instance keys, CLIP's
+        captions); called by ``begin`` once the views are encoded."""
+
+    def base_loss(self, step: Step) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    def annotation_logits(self, which: str, features: torch.Tensor) -> torch.Tensor:
+    def finish_step(self, step: Step) -> None:
+        """After every loss of the step has been computed: move per-step state (DINO's centre)."""
+
+    def annotation_logits(self, which: str, features: torch.Tensor, step: Step) -> torch.Tensor:
+        """Logits over the annotation space for pooled features [..., D] of the ``which`` network."""
         raise NotImplementedError
 
     def annotation_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """p_target(l | x) from target logits (the base method's own sharpening / centring)."""
         raise NotImplementedError
 
     def value_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def begin_step(self, views: Views, batch: dict, student: Encoded, teacher: Encoded) -> None:
-        """Per-step annotation space (e.g. the batch's instance or caption embeddings)."""
+    def target_distribution(self, features: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, p_target(l | x)) for the target network's pooled features [..., D] of any views,
+        against the step's annotation set."""
+        logits = self.annotation_logits("target", features, step)
+        return logits, self.annotation_probs(logits)
 
-    def target_probs(self, teacher: Encoded) -> torch.Tensor:
-        """p_target(l | x) for the target network's views [B, G, L], computed once per step."""
-        if "target_probs" not in self.cache:
-            self.cache["target_logits"] = self.annotation_logits("teacher", teacher.all_pooled())
-            self.cache["target_probs"] = self.annotation_probs(self.cache["target_logits"])
-        return self.cache["target_probs"]
-
-    def crop_accuracy(self, student_logits: torch.Tensor, views: Views, n_target: int, edges) -> dict:
+    def crop_accuracy(self, online_logits: torch.Tensor, step: Step) -> dict:
         """Crop-prediction accuracy without actions: argmax p(l | x1) == argmax p_target(l | x2), by IoU."""
         with torch.no_grad():
-            target = self.cache["target_probs"].argmax(-1)  # [B, G]
-            correct = student_logits.argmax(-1)[:, :, None] == target[:, None]  # [B, V, G]
-            boxes = views.boxes
+            target = step.target_probs.argmax(-1)  # [B, G]
+            n_target = target.shape[1]
+            correct = online_logits.argmax(-1)[:, :, None] == target[:, None]  # [B, V, G]
+            boxes = step.views.boxes
             iou = box_iou(boxes[:, :, None], boxes[:, None, :n_target])
             mask = pair_mask(boxes.shape[1], n_target, boxes.device)[None].expand_as(correct)
-            return {**accuracy_by_iou(correct, iou, mask, edges, "crop_acc"), "crop_acc/chance": majority_rate(target)}
+            return {**accuracy_by_iou(correct, iou, mask, self.iou_bins, "crop_acc"),
+                    "crop_acc/chance": majority_rate(target)}
 
     # -- one step ---------------------------------------------------------------------------------
-    def encode_step(self, batch: dict) -> tuple[Views, Encoded, Encoded]:
-        self.cache = {}
+    def begin(self, batch: dict, tokens: bool = False) -> Step:
+        """Views prepared and encoded once: online for every group, target for ``target_groups``
+        (``tokens``: with their patch tokens)."""
         views = self.prepare(batch)
-        student = self.encode("student", views, tokens=self.needs_tokens)
-        teacher = None
-        if self.uses_teacher or self.needs_target:
+        step = Step(batch, views, self.encode("online", views, tokens=tokens))
+        if self.uses_target or self.needs_target:
             with torch.no_grad():
-                teacher = self.encode("teacher", views, groups=self.teacher_groups, tokens=self.needs_tokens)
-        self.begin_step(views, batch, student, teacher)
-        return views, student, teacher
+                step.target = self.encode("target", views, groups=self.target_groups, tokens=tokens)
+        self.annotations(step)
+        if step.target is not None:
+            with torch.no_grad():
+                step.target_logits, step.target_probs = self.target_distribution(step.target.all_pooled(), step)
+        return step
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        views, student, teacher = self.encode_step(batch)
-        loss, metrics = self.base_loss(views, student, teacher, batch)
-        return masked(loss, views.valid), metrics
+        step = self.begin(batch)
+        loss, metrics = self.base_loss(step)
+        self.finish_step(step)
+        return masked(loss, step.views.valid), metrics
 
 
 def masked(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -203,8 +288,8 @@ def masked(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return loss * valid.any().to(loss.dtype)
 
 
-def pair_mask(n_student: int, n_teacher: int, device) -> torch.Tensor:
-    """[V_s, V_t] True where student view v and teacher view g are different views (v != g)."""
-    v = torch.arange(n_student, device=device)[:, None]
-    g = torch.arange(n_teacher, device=device)[None, :]
+def pair_mask(n_online: int, n_target: int, device) -> torch.Tensor:
+    """[V_o, V_t] True where online view v and target view g are different views (v != g)."""
+    v = torch.arange(n_online, device=device)[:, None]
+    g = torch.arange(n_target, device=device)[None, :]
     return v != g

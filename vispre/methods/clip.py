@@ -4,8 +4,8 @@
     L = ( CE(s u T^T, identity) + CE(s t U^T, identity) ) / 2      (captions from every rank)
 
 Each image has one or several captions (``txt``, or COCO's ``captions``); a step uses one,
-drawn from the step's seed. Annotation space for AB_CLIP: the batch's captions, embedded by the
-target network's text tower:  p_target(l | x) = softmax_l(s u_target(x) . t_l).
+drawn from the step's seed. Annotation space for AB_CLIP: the annotation batch's captions (all ranks),
+embedded by the target network's text tower:  p_target(l | x) = softmax_l(s_target u_target(x) . t_l).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..models import Encoder, TextTower
 from ..utils.distributed import gather_no_grad, gather_with_grad, rank
-from .base import Encoded, SSLMethod, Views, step_generator
+from .base import SSLMethod, Step, step_generator
 from .registry import register
 
 
@@ -49,14 +49,17 @@ def pick_captions(batch: dict, generator: torch.Generator) -> list[str]:
     raise KeyError("CLIP needs captions: data.format 'caption' (json captions) or 'image' with txt files")
 
 
-@register("clip")
+@register("clip", config=CLIPConfig)
 class CLIP(SSLMethod):
-    def __init__(self, encoder: Encoder, clip: CLIPConfig, extra=None, augment: str = "simclr"):
+    num_annotations = None  # a per-step annotation set: the annotation batch's captions
+
+    def __init__(self, encoder: Encoder, clip: CLIPConfig, augment: str = "simclr"):
         heads = {"proj": nn.Linear(encoder.num_features, clip.embed_dim, bias=False),
                  "text": TextTower(clip.text, embed_dim=clip.embed_dim),
                  "logit_scale": LogitScale(clip.init_logit_scale)}
-        super().__init__(encoder, heads, extra, augment)
+        super().__init__(encoder, heads, augment)
         self.cfg = clip
+        self.annotation_dim = clip.embed_dim  # what AB's own annotation head embeds: the text tower's output
 
     def image_embed(self, which: str, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(which)["proj"](features).float(), dim=-1)
@@ -64,16 +67,23 @@ class CLIP(SSLMethod):
     def scale(self, which: str) -> torch.Tensor:
         return self.net(which)["logit_scale"](self.cfg.max_logit_scale)
 
-    def begin_step(self, views: Views, batch: dict, student: Encoded, teacher: Encoded | None) -> None:
+    def annotations(self, step: Step) -> None:
         generator = step_generator("cpu", self.seed, self.step, self.rank, "captions")
-        self.cache["captions"] = pick_captions(batch, generator)
-        if teacher is not None:  # AB: the captions' keys, from the target network's text tower
+        step.captions = pick_captions(step.batch, generator)
+        step.text = self.online["text"](step.captions).float()  # [B, E], with gradient (base loss, AB head)
+        if step.target is not None:  # AB: the captions' keys, from the target network's text tower
             with torch.no_grad():
-                keys = F.normalize(self.net("teacher")["text"](self.cache["captions"]).float(), dim=-1)
-                self.cache["keys"] = gather_no_grad(keys)
+                step.keys = gather_no_grad(F.normalize(self.net("target")["text"](step.captions).float(), dim=-1))
 
-    def annotation_logits(self, which: str, features: torch.Tensor) -> torch.Tensor:
-        return self.scale("teacher") * self.image_embed(which, features) @ self.cache["keys"].T
+    def annotation_inputs(self, which: str, step: Step) -> torch.Tensor:
+        """[L, E]: the text tower's embeddings of the step's captions from the ``which`` network, all ranks."""
+        if which == "online":
+            return gather_with_grad(step.text.contiguous())
+        with torch.no_grad():
+            return gather_no_grad(self.net("target")["text"](step.captions).float())
+
+    def annotation_logits(self, which: str, features: torch.Tensor, step: Step) -> torch.Tensor:
+        return self.scale("target") * self.image_embed(which, features) @ step.keys.T
 
     def annotation_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits, dim=-1)
@@ -81,11 +91,11 @@ class CLIP(SSLMethod):
     def value_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits, dim=-1)
 
-    def base_loss(self, views: Views, student: Encoded, teacher: Encoded | None, batch: dict):
-        images = self.image_embed("student", student.pooled[0][:, 0])  # first global view
-        texts = F.normalize(self.student["text"](self.cache["captions"]).float(), dim=-1)
+    def base_loss(self, step: Step):
+        images = self.image_embed("online", step.online.pooled[0][:, 0])  # first global view
+        texts = F.normalize(step.text, dim=-1)
         all_images, all_texts = gather_with_grad(images), gather_with_grad(texts)
-        scale = self.scale("student")
+        scale = self.scale("online")
         labels = torch.arange(len(images), device=images.device) + rank() * len(images)
         loss = (F.cross_entropy(scale * images @ all_texts.T, labels)
                 + F.cross_entropy(scale * texts @ all_images.T, labels)) / 2

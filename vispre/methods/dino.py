@@ -1,10 +1,11 @@
-"""DINO (Caron et al. 2021): a student predicts its EMA teacher's prototype assignment of
-another crop.
+"""DINO (Caron et al. 2021): the online network predicts its EMA target's prototype assignment of
+another crop (DINO's "student" and "teacher"; their temperatures keep DINO's names).
 
-    p_t(l | x2) = softmax((g_t(x2) - c) / tau_t)          teacher: centred, sharpened
-    log p_s(l | x1) = log_softmax(g_s(x1) / tau_s)        student
+    p_t(l | x2) = softmax((g_t(x2) - c) / tau_t)          target: centred, sharpened
+    log p_s(l | x1) = log_softmax(g_s(x1) / tau_s)        online
     L = mean over pairs (x1 != x2) of  -sum_l p_t(l | x2) log p_s(l | x1)
-    c <- m c + (1 - m) mean_batch g_t(x2)                  centring (all ranks)
+    c <- m c + (1 - m) mean_batch g_t(x2)                  centring (all ranks), in finish_step: after
+                                                           every loss of the step has used the same c
 
 The prototypes l are DINO's annotation space for AB_DINO.
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from ..models import DINOHead, Encoder
 from ..utils.distributed import all_reduce_mean
-from .base import Encoded, SSLMethod, Views, pair_mask
+from .base import SSLMethod, Step, pair_mask
 from .registry import register
 
 
@@ -46,13 +47,15 @@ def pairwise_cross_entropy(log_q: torch.Tensor, p: torch.Tensor, mask: torch.Ten
     return ce.mean(0)[mask].mean()
 
 
-@register("dino")
+@register("dino", config=DINOConfig)
 class DINO(SSLMethod):
-    uses_teacher = True
-    def __init__(self, encoder: Encoder, dino: DINOConfig, extra=None, augment: str = "dino"):
+    uses_target = True
+
+    def __init__(self, encoder: Encoder, dino: DINOConfig, augment: str = "dino"):
         head = DINOHead(encoder.num_features, dino.out_dim, dino.hidden_dim, dino.bottleneck_dim, dino.nlayers,
                         dino.norm_last_layer)
-        super().__init__(encoder, {"head": head}, extra, augment)
+        super().__init__(encoder, {"head": head}, augment)
+        self.num_annotations = dino.out_dim  # a fixed annotation set: the prototypes
         self.cfg = dino
         self.register_buffer("center", torch.zeros(1, dino.out_dim))
 
@@ -65,7 +68,7 @@ class DINO(SSLMethod):
         return self.cfg.warmup_teacher_temp + t * (self.cfg.teacher_temp - self.cfg.warmup_teacher_temp)
 
     # -- annotation space: the prototypes ----------------------------------------------------------
-    def annotation_logits(self, which: str, features: torch.Tensor) -> torch.Tensor:
+    def annotation_logits(self, which: str, features: torch.Tensor, step: Step | None = None) -> torch.Tensor:
         return self.net(which)["head"](features).float()
 
     def annotation_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -75,22 +78,24 @@ class DINO(SSLMethod):
         return F.log_softmax(logits / self.cfg.student_temp, dim=-1)
 
     # -- loss -------------------------------------------------------------------------------------
-    def base_loss(self, views: Views, student: Encoded, teacher: Encoded, batch: dict):
-        targets = self.target_probs(teacher)  # [B, G, K]
-        student_logits = self.annotation_logits("student", student.all_pooled())  # [B, V, K]
-        log_q = self.value_log_probs(student_logits)
+    def base_loss(self, step: Step):
+        targets = step.target_probs  # [B, G, K]
+        online_logits = self.annotation_logits("online", step.online.all_pooled())  # [B, V, K]
+        log_q = self.value_log_probs(online_logits)
         loss = pairwise_cross_entropy(log_q, targets, pair_mask(log_q.shape[1], targets.shape[1], log_q.device))
-        self.update_center(self.cache["target_logits"])
         entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean()
         metrics = {"dino_loss": loss.detach(), "teacher_entropy": entropy, "teacher_temp": self.teacher_temp}
-        return loss, {**metrics, **self.crop_accuracy(student_logits, views, targets.shape[1], self.iou_bins)}
+        return loss, {**metrics, **self.crop_accuracy(online_logits, step)}
+
+    def finish_step(self, step: Step) -> None:
+        self.update_center(step.target_logits)
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        batch_center = all_reduce_mean(teacher_logits.flatten(0, 1).mean(0, keepdim=True))
+    def update_center(self, target_logits: torch.Tensor) -> None:
+        batch_center = all_reduce_mean(target_logits.flatten(0, 1).mean(0, keepdim=True))
         self.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
 
     def before_optimizer_step(self) -> None:
         if self.step < self.cfg.freeze_last_layer_steps:
-            for p in self.student["head"].last_layer.parameters():
+            for p in self.online["head"].last_layer.parameters():
                 p.grad = None

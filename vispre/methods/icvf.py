@@ -25,7 +25,7 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from ..data import ClipFrames, DataConfig, build_loader
+from ..data import ClipFrames, DataConfig, build_loader, formats
 from ..data.goals import ClipQuadruples, GoalMix, resolve_random
 from ..data.trajectories import TrajectoryLoader
 from ..models import Encoder
@@ -63,7 +63,7 @@ class ICVFConfig:
         return mix
 
 
-@register("icvf")
+@register("icvf", config=ICVFConfig)
 class ICVF(Method):
     def __init__(self, encoder: Encoder, icvf: ICVFConfig, augment: str = "none"):
         super().__init__()
@@ -90,9 +90,11 @@ class ICVF(Method):
         return self.online if which == "online" else self.target.module
 
     # -- data -------------------------------------------------------------------------------------------
-    def build_loader(self, cfg: DataConfig, rank: int = 0, world_size: int = 1):
+    def build_loader(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, second: DataConfig | None = None):
         """Clip shards (``data.format: clip``) or an OGBench-layout ``.npz`` (``data.format: trajectories``)."""
-        if cfg.format == "trajectories":
+        if second is not None:
+            raise ValueError("method icvf reads one stream: annotation_data must not be set")
+        if cfg.format == formats.TRAJECTORIES:
             self.trajectories = TrajectoryLoader(cfg.spec, self.mix, cfg.batch_size, rank=rank, world_size=world_size,
                                                  seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch,
                                                  frame_size=cfg.frame_size)
@@ -162,7 +164,7 @@ class ICVF(Method):
     # -- diagnostics ------------------------------------------------------------------------------------
     def probe_clips(self, cfg: DataConfig, frames: int) -> list[tuple[torch.Tensor, dict]]:
         """Whole clips (uint8 [T, 3, H, W], metadata) from the start of the data, ``frames`` frames in all."""
-        if cfg.format == "trajectories":
+        if cfg.format == formats.TRAJECTORIES:
             source = self.trajectories or TrajectoryLoader(cfg.spec, self.mix, 1, frame_size=cfg.frame_size)
             clips = iter(source.episodes(len(source.ends)))
         else:

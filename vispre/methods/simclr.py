@@ -3,9 +3,9 @@
     z = normalise(proj(f(x)));  NT-Xent over the 2N views of a batch (all ranks):
     L = mean_i -log( exp(z_i . z_j(i) / tau) / sum_{k != i} exp(z_i . z_k / tau) )
 
-Annotation space for AB_SimCLR: the batch's instances. The keys are the target network's
-projections k_l of each image's first view, and
-    p_target(l | x) = softmax_l(z_target(x) . k_l / tau_a),   log Q-side = log_softmax(z . k_l / tau).
+Annotation space for AB_SimCLR: the instances of the annotation batch (all ranks). The keys are the
+target network's projections k_l of each annotation image's first view, and
+    p_target(l | x) = softmax_l(z_target(x) . k_l / tau_a).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..models import Encoder, ProjectionHead
 from ..utils.distributed import gather_no_grad, gather_with_grad, rank
-from .base import Encoded, SSLMethod, Views
+from .base import SSLMethod, Step
 from .registry import register
 
 
@@ -43,23 +43,32 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.cross_entropy(logits, positives)
 
 
-@register("simclr")
+@register("simclr", config=SimCLRConfig)
 class SimCLR(SSLMethod):
-    def __init__(self, encoder: Encoder, simclr: SimCLRConfig, extra=None, augment: str = "simclr"):
+    num_annotations = None  # a per-step annotation set: the annotation batch's images
+
+    def __init__(self, encoder: Encoder, simclr: SimCLRConfig, augment: str = "simclr"):
         proj = ProjectionHead(encoder.num_features, simclr.proj_hidden_dim, simclr.proj_dim, simclr.proj_layers)
-        super().__init__(encoder, {"proj": proj}, extra, augment)
+        super().__init__(encoder, {"proj": proj}, augment)
         self.cfg = simclr
+        self.annotation_dim = encoder.num_features  # what AB's own annotation head embeds: the pooled feature
 
     def project(self, which: str, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(which)["proj"](features).float(), dim=-1)
 
-    def begin_step(self, views: Views, batch: dict, student: Encoded, teacher: Encoded | None) -> None:
-        if teacher is not None:  # AB: the instances' keys, from the target network
+    def annotations(self, step: Step) -> None:
+        if step.target is not None:  # AB: the instances' keys, from the target network
             with torch.no_grad():
-                self.cache["keys"] = gather_no_grad(self.project("teacher", teacher.pooled[0][:, 0]))
+                step.keys = gather_no_grad(self.project("target", step.target.pooled[0][:, 0]))
 
-    def annotation_logits(self, which: str, features: torch.Tensor) -> torch.Tensor:
-        return self.project(which, features) @ self.cache["keys"].T  # cosine to each instance
+    def annotation_inputs(self, which: str, step: Step) -> torch.Tensor:
+        """[L, D]: the annotation images' pooled features (first view) of the ``which`` network, all ranks."""
+        if which == "online":
+            return gather_with_grad(step.online.pooled[0][:, 0].contiguous())
+        return gather_no_grad(step.target.pooled[0][:, 0])
+
+    def annotation_logits(self, which: str, features: torch.Tensor, step: Step) -> torch.Tensor:
+        return self.project(which, features) @ step.keys.T  # cosine to each instance
 
     def annotation_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits / self.cfg.annotation_temperature, dim=-1)
@@ -67,7 +76,7 @@ class SimCLR(SSLMethod):
     def value_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits / self.cfg.temperature, dim=-1)
 
-    def base_loss(self, views: Views, student: Encoded, teacher: Encoded | None, batch: dict):
-        z = self.project("student", student.pooled[0][:, :2])  # the two global views
+    def base_loss(self, step: Step):
+        z = self.project("online", step.online.pooled[0][:, :2])  # the two global views
         loss = nt_xent(z, self.cfg.temperature)
         return loss, {"simclr_loss": loss.detach()}

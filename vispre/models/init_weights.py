@@ -7,7 +7,8 @@ dicts are flattened to dotted keys. The encoder's weights are the keys under one
 
     open_clip with a timm trunk   visual.trunk.
     DINO / DINOv2 checkpoints     teacher.backbone.  student.module.backbone.  backbone.  module.
-    vispre checkpoints            teacher.module.encoder.timm_model.  student.encoder.timm_model.
+    vispre checkpoints            target.module.encoder.timm_model.  online.encoder.timm_model.
+                                  (before the online/target names: teacher.module... / student...)
     timm                          (none), or state_dict_ema. / state_dict.
 
 Given no ``prefix``, the one under which most keys name a parameter of the model is taken; a tie

@@ -81,12 +81,13 @@ class Trainer:
             init_encoder(encoder, cfg.model.init, cfg.model.init_prefix)
         self.method = build_method(cfg.method, encoder)
         global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
-        self.base_lr = cfg.optim.lr * global_batch / 256
+        if cfg.optim.lr_scaling not in ("linear", "none"):
+            raise ValueError(f"optim.lr_scaling must be 'linear' or 'none', got {cfg.optim.lr_scaling!r}")
+        self.base_lr = cfg.optim.lr * (global_batch / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
         optimizer = torch.optim.AdamW(param_groups(self.method), lr=self.base_lr, betas=tuple(cfg.optim.betas))
-        # a method may build its own batches (ICVF samples (s, s', s+, z) inside clips or trajectory arrays)
-        make_loader = getattr(self.method, "build_loader", build_loader)
-        self.loader = make_loader(cfg.data, acc.process_index, acc.num_processes)
-        self.curated = build_loader(cfg.curated, acc.process_index, acc.num_processes) if cfg.curated else None
+        # the method builds its batches (ICVF samples (s, s', s+, z) in clips; AB pairs two streams)
+        self.loader = self.method.build_loader(cfg.data, acc.process_index, acc.num_processes,
+                                               second=cfg.annotation_data)
         self.model, self.optimizer = acc.prepare(self.method, optimizer)
         self.step = 0
         self.probe = None
@@ -95,7 +96,6 @@ class Trainer:
     def state(self) -> dict:
         """Every rank must call this (the loaders gather all ranks' positions)."""
         return {"data": self.loader.state_dict(),
-                "curated": self.curated.state_dict() if self.curated else None,
                 "config": to_yaml(self.cfg)}
 
     def save(self) -> None:
@@ -114,8 +114,6 @@ class Trainer:
         state = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer)
         self.step = state["step"]
         self.loader.load_state_dict(state["data"])
-        if self.curated and state.get("curated"):
-            self.curated.load_state_dict(state["curated"])
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- one optimizer step -------------------------------------------------------------------------
@@ -132,13 +130,11 @@ class Trainer:
                                                            self.accelerator.process_index)
         return lr
 
-    def train_step(self, batches, curated) -> tuple[dict, float]:
+    def train_step(self, batches) -> tuple[dict, float]:
         acc, metrics, wait = self.accelerator, {}, 0.0
         for _ in range(self.cfg.train.grad_accum):
             start = time.perf_counter()
             batch = next(batches)
-            if curated is not None:
-                batch["curated"] = next(curated)
             wait += time.perf_counter() - start
             with acc.accumulate(self.model):
                 loss, metrics = self.model(batch)
@@ -159,9 +155,9 @@ class Trainer:
     @torch.no_grad()
     def diagnostics(self) -> dict:
         """srank and RankMe of the target encoder's features on a fixed probe batch."""
-        own = getattr(self.accelerator.unwrap_model(self.model), "diagnostics", None)
+        own = self.accelerator.unwrap_model(self.model).diagnostics(self.cfg.data, self.cfg.train.probe_images)
         if own is not None:  # methods whose data are not image views (ICVF: clips, values against distances)
-            return own(self.cfg.data, self.cfg.train.probe_images)
+            return own
         if self.probe is None:
             from dataclasses import replace
 
@@ -184,14 +180,13 @@ class Trainer:
             (self.out / "config.yaml").write_text(to_yaml(cfg))
         acc.init_trackers(cfg.name)
         batches = epochs(self.loader)
-        curated = epochs(self.curated) if self.curated else None
         jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")
         last_save, window, window_wait, window_start = time.time(), {}, 0.0, time.perf_counter()
         self.model.train()
         while self.step < cfg.train.steps:
             lr = self.schedules()
-            metrics, wait = self.train_step(batches, curated)
+            metrics, wait = self.train_step(batches)
             self.step += 1
             bar.update(1)
             for k, v in metrics.items():

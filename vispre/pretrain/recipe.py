@@ -7,12 +7,15 @@ Defaults marked "ours" are vispre's choices where the papers give no value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from ..data import DataConfig
-from ..methods import MethodConfig
-from ..utils.typed_config import load_config
+from ..methods import MethodConfig, method_config_schema
+from ..utils.typed_config import load_config, load_yaml
 
 
 @dataclass
@@ -26,7 +29,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4  # per 256 images; scaled by the global batch / 256 (DINO's rule)
+    lr: float = 5e-4  # per 256 images with lr_scaling linear (DINO's rule), else the absolute lr
+    lr_scaling: str = "linear"  # linear: lr x global batch / 256 | none: lr as given (the AB paper's Table 7)
     min_lr: float = 1e-6
     warmup_fraction: float = 0.1  # linear warm-up over this fraction of the steps, then cosine
     weight_decay: float = 0.04  # cosine to weight_decay_end (DINO)
@@ -57,13 +61,38 @@ class TrainConfig:
 @dataclass
 class PretrainConfig:
     name: str = "pretrain"
+    plugins: list[str] = field(default_factory=list)  # modules imported first (e.g. ones that register methods)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # typed by the methods registered at load time
     data: DataConfig = field(default_factory=DataConfig)
-    curated: Optional[DataConfig] = None  # labelled curated data (method classifier / curated-reward AB)
+    # a second stream, read by methods that take two (AB: its annotation batch, for the paper's decoupled AB
+    # or supervised-reward AB); None: AB draws its annotation batch from ``data`` too
+    annotation_data: Optional[DataConfig] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def recipe_schema(plugins=()) -> type:
+    """PretrainConfig with the ``method:`` section of the methods registered now (after importing ``plugins``)."""
+    for module in plugins:
+        importlib.import_module(module)
+    method = method_config_schema()
+    return make_dataclass("PretrainConfig", [("method", method, field(default_factory=method))],
+                          bases=(PretrainConfig,))
+
+
+def _plugins(path: str | None, overrides) -> list[str]:
+    found = list(load_yaml(path).get("plugins") or []) if path else []
+    for item in overrides:
+        if item.startswith("plugins="):
+            found = list(OmegaConf.from_dotlist([item]).plugins or [])
+    return found
+
+
 def load_recipe(path: str | None, overrides=()) -> PretrainConfig:
-    return load_config(PretrainConfig, path, overrides)
+    return load_config(recipe_schema(_plugins(path, overrides)), path, overrides)
+
+
+def recipe_from_values(values: dict) -> PretrainConfig:
+    """A resolved recipe read back (a checkpoint's or an export's), its plugins imported first."""
+    return load_config(recipe_schema(values.get("plugins") or ()), **values)

@@ -84,7 +84,8 @@ class Trainer:
         if cfg.optim.lr_scaling not in ("linear", "none"):
             raise ValueError(f"optim.lr_scaling must be 'linear' or 'none', got {cfg.optim.lr_scaling!r}")
         self.base_lr = cfg.optim.lr * (global_batch / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
-        optimizer = torch.optim.AdamW(param_groups(self.method), lr=self.base_lr, betas=tuple(cfg.optim.betas))
+        optimizer = torch.optim.AdamW(param_groups(self.method), lr=self.base_lr, betas=tuple(cfg.optim.betas),
+                                      eps=cfg.optim.eps)
         # the method builds its batches (ICVF samples (s, s', s+, z) in clips; AB pairs two streams)
         self.loader = self.method.build_loader(cfg.data, acc.process_index, acc.num_processes,
                                                second=cfg.annotation_data)

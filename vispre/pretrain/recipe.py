@@ -36,6 +36,7 @@ class OptimConfig:
     weight_decay: float = 0.04  # cosine to weight_decay_end (DINO)
     weight_decay_end: float = 0.4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8  # Adam's epsilon (the ICVF release on pixels: 3.125e-4)
     clip_grad: float = 3.0  # 0: off
     ema_momentum: float = 0.996  # target network; cosine to ema_momentum_end (DINO)
     ema_momentum_end: float = 1.0

@@ -12,7 +12,6 @@ import torch
 
 from vispre.data.ogbench_npz import is_memory_mapped, load_ogbench, read_npz
 from vispre.rl.agent import to_torch
-from vispre.rl.augment import random_shift, shift_frames
 from vispre.rl.bc import BCConfig
 from vispre.rl.encoders import FeatureEncoder, NatureCNN, PixelEncoder
 from vispre.rl.evaluate import monte_carlo_returns
@@ -22,6 +21,7 @@ from vispre.rl.networks import ActionSpace
 from vispre.rl.rl_recipe import load_offline_rl_config
 from vispre.rl.transitions import Transitions, goal_rewards
 from vispre.utils.typed_config import ConfigError
+from vispre.views.shift import random_shift, shift_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import shift_frames
+from ..views.shift import shift_frames
 from .networks import ActionSpace
 from .transitions import Transitions
 

@@ -55,7 +55,7 @@ def _normalisation(backbone: nn.Module) -> tuple[tuple, tuple, tuple | None]:
 
 
 class PixelEncoder(nn.Module):
-    """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``augment.shift_frames``).
+    """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``vispre.views.shift``).
 
     Each frame's feature is the backbone's pooled feature or, with ``head`` (an export's extra module, e.g.
     ICVF's phi), ``head.module(output.<head.spec.reads>)`` of width ``head.spec.out_dim``."""

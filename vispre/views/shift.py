@@ -1,4 +1,5 @@
 """Random shift (DrQ, Kostrikov et al. 2021): pad by replicating the border, crop back at a random offset.
+The one random crop of pixel RL and video ICVF (each image its own shift).
 
 A batched integer crop by index arithmetic (one gather for the whole batch, any dtype) rather than
 torchvision's per-image ``RandomCrop``; DrQ-v2's bilinear ``grid_sample`` variant is not needed for

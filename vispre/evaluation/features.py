@@ -2,7 +2,11 @@
 
 Per image we keep DINOv2's linear-probe inputs: the pooled feature (CLS token after the final norm,
 or the patch mean for models without one) of each of the last ``n`` blocks, and the mean of the last
-block's patch tokens. A cache entry is ``CACHE/KEY/features.safetensors`` + ``meta.json``, where KEY
+block's patch tokens; and, for the probes that attend to tokens (MAP, decoder), the last block's
+normed tokens [T, D] (prefix tokens first, then the patches), stored in float16: 196 x 384 floats
+per image for ViT-S/16 at 224 px, 150 kB, so ImageNet's train set is 190 GB. The caller caches
+them only under a size budget and streams them from the encoder otherwise (vispre.evaluation.tokens).
+A cache entry is ``CACHE/KEY/features.safetensors`` + ``meta.json``, where KEY
 hashes everything that changes the numbers: the encoder's weights (a hash of its state dict, so a
 random init, a fine-tune or a new export never hits an old entry), its architecture, the transform,
 the data's identity, the number of blocks, the precision and the stored dtype.
@@ -36,6 +40,7 @@ class Features:
     blocks: list[torch.Tensor]  # pooled feature of each of the last n blocks, [N, D_i], oldest first
     patch_mean: torch.Tensor  # [N, D]: mean of the last block's patch tokens
     targets: torch.Tensor  # int64 [N] or multi-hot float [N, C]
+    tokens: torch.Tensor | None = None  # [N, T, D] last block's normed tokens (prefix first), float16
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -51,19 +56,24 @@ class Features:
         return torch.cat(self.blocks + [self.patch_mean], dim=1)
 
     def subset(self, index: torch.Tensor) -> Features:
-        return Features([b[index] for b in self.blocks], self.patch_mean[index], self.targets[index])
+        tokens = None if self.tokens is None else self.tokens[index.to(self.tokens.device)]
+        return Features([b[index] for b in self.blocks], self.patch_mean[index], self.targets[index], tokens)
 
     def to(self, device) -> Features:
-        return Features([b.to(device) for b in self.blocks], self.patch_mean.to(device), self.targets.to(device))
+        """The pooled features and targets on ``device``; tokens stay where they are (the token probes move
+        one batch at a time)."""
+        return Features([b.to(device) for b in self.blocks], self.patch_mean.to(device), self.targets.to(device),
+                        self.tokens)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"block_{i}": b for i, b in enumerate(self.blocks)}
-        return {**out, "patch_mean": self.patch_mean, "targets": self.targets}
+        out = {**out, "patch_mean": self.patch_mean, "targets": self.targets}
+        return out if self.tokens is None else {**out, "tokens": self.tokens}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Features:
         blocks = [tensors[f"block_{i}"] for i in range(sum(k.startswith("block_") for k in tensors))]
-        return cls(blocks, tensors["patch_mean"], tensors["targets"])
+        return cls(blocks, tensors["patch_mean"], tensors["targets"], tensors.get("tokens"))
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
@@ -85,8 +95,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def extract_batch(encoder, x: torch.Tensor, n_blocks: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The last ``n_blocks`` pooled features and the last block's patch-token mean of a batch.
+def extract_batch(encoder, x: torch.Tensor, n_blocks: int, tokens: bool = False):
+    """The last ``n_blocks`` pooled features and the last block's patch-token mean of a batch (and, with
+    ``tokens``, the last block's normed tokens [B, T, D], prefix first, as a third element).
 
     ViT-like models: one pass of timm's forward_intermediates gives every block's normed tokens, pooled
     as ``Encoder.intermediate_features`` pools them (CLS, else the patch mean); the tests check it
@@ -98,38 +109,49 @@ def extract_batch(encoder, x: torch.Tensor, n_blocks: int) -> tuple[list[torch.T
         outs = m.forward_intermediates(x, indices=n_blocks, return_prefix_tokens=True, norm=True,
                                        intermediates_only=True, output_fmt="NLC")
         has_cls = getattr(m, "cls_token", None) is not None
-        return [prefix[:, 0] if has_cls else patches.mean(1) for patches, prefix in outs], outs[-1][0].mean(1)
-    return encoder.intermediate_features(x, n_last_blocks=n_blocks), encoder(x).tokens.mean(1)
+        pooled = [prefix[:, 0] if has_cls else patches.mean(1) for patches, prefix in outs]
+        patches, prefix = outs[-1]
+        if tokens:
+            return pooled, patches.mean(1), torch.cat([prefix, patches], 1)
+        return pooled, patches.mean(1)
+    out = encoder(x)
+    if tokens:
+        return encoder.intermediate_features(x, n_last_blocks=n_blocks), out.tokens.mean(1), out.tokens
+    return encoder.intermediate_features(x, n_last_blocks=n_blocks), out.tokens.mean(1)
 
 
 def extract(encoder, source, transform: EvalTransform, *, n_blocks: int = 4, batch_size: int = 256, workers: int = 2,
             device: torch.device | str = "cpu", precision: str = "auto", store_dtype: str = "float32",
-            progress: bool = False) -> Features:
-    """Run the frozen encoder over every image of ``source`` (in eval mode); features on the CPU."""
+            tokens: bool = False, progress: bool = False) -> Features:
+    """Run the frozen encoder over every image of ``source`` (in eval mode); features on the CPU, tokens
+    (with ``tokens``) in float16."""
     from tqdm import tqdm
 
     device = torch.device(device)
     encoder = encoder.eval().to(device)
     bf16, dtype = use_bf16(precision, device), DTYPES[store_dtype]
     blocks: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
-    patch_means, targets = [], []
+    patch_means, targets, token_parts = [], [], []
     for images, batch_targets in tqdm(source.batches(transform, batch_size, workers), disable=not progress,
                                       desc=f"features {source.describe()}", unit="batch", leave=False):
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             x = transform.normalize(images.to(device, non_blocking=True))
             try:
-                pooled, patch_mean = extract_batch(encoder, x, n_blocks)
+                pooled, patch_mean, *rest = extract_batch(encoder, x, n_blocks, tokens)
             except (AssertionError, IndexError) as e:  # timm asserts "last-n (4) is out of range (1 to 2)"
                 raise ValueError(f"{encoder.name} has fewer blocks than features.n_last_blocks={n_blocks} ({e}): "
                                  "lower features.n_last_blocks and linear.n_last_blocks") from e
             for store, feature in zip(blocks, pooled):
                 store.append(feature.float().to("cpu", dtype))
             patch_means.append(patch_mean.float().to("cpu", dtype))
+            if tokens:
+                token_parts.append(rest[0].to("cpu", torch.float16))
         targets.append(batch_targets)
     if not targets:
         raise ValueError(f"{source.describe()}: no images")
     # concatenated outside inference mode: ordinary tensors that later code may index, modify and train on
-    return Features([torch.cat(b) for b in blocks], torch.cat(patch_means), torch.cat(targets))
+    return Features([torch.cat(b) for b in blocks], torch.cat(patch_means), torch.cat(targets),
+                    torch.cat(token_parts) if tokens else None)
 
 
 def cache_key(parts: dict) -> str:
@@ -143,13 +165,17 @@ def default_cache_dir() -> Path:
 
 
 def cached_features(encoder, source, transform: EvalTransform, cfg, *, encoder_id: dict | None = None,
-                    device: torch.device | str = "cpu", progress: bool = False) -> tuple[Features, dict]:
-    """Features of ``source`` from the cache, or extracted and stored. ``cfg``: a FeatureConfig.
-    Returns (features, info) where info says hit/miss, the key, the path and the seconds taken."""
+                    device: torch.device | str = "cpu", tokens: bool = False,
+                    progress: bool = False) -> tuple[Features, dict]:
+    """Features of ``source`` from the cache, or extracted and stored. ``cfg``: a FeatureConfig; ``tokens``:
+    keep the last block's tokens too (a separate entry). Returns (features, info) where info says hit/miss,
+    the key, the path and the seconds taken."""
     device = torch.device(device)
     parts = {"version": FEATURES_VERSION, "encoder": encoder_id or encoder_identity(encoder),
              "transform": transform.describe(), "data": source.identity(), "n_blocks": cfg.n_last_blocks,
              "bf16": use_bf16(cfg.precision, device), "store_dtype": cfg.store_dtype}
+    if tokens:
+        parts["tokens"] = "last block, normed, prefix first, float16"
     key = cache_key(parts)
     entry = Path(cfg.cache_dir or default_cache_dir()) / key
     start = time.perf_counter()
@@ -160,7 +186,7 @@ def cached_features(encoder, source, transform: EvalTransform, cfg, *, encoder_i
                           "seconds": round(time.perf_counter() - start, 3)}
     features = extract(encoder, source, transform, n_blocks=cfg.n_last_blocks, batch_size=cfg.batch_size,
                        workers=cfg.workers, device=device, precision=cfg.precision, store_dtype=cfg.store_dtype,
-                       progress=progress)
+                       tokens=tokens, progress=progress)
     seconds = round(time.perf_counter() - start, 3)
     info = {"cache": "miss" if cfg.cache else "off", "key": key, "path": str(entry) if cfg.cache else None,
             "samples": len(features), "seconds": seconds}

@@ -24,7 +24,7 @@ from torch import nn
 
 from .features import Features
 from .grid import GridOptimizer, OptimConfig, batch_order, fit, head_loss, steps_per_epoch
-from .metrics import headline, metrics_from_top, multilabel_metrics, top_classes
+from .metrics import grid_metrics, headline
 
 
 @dataclass(frozen=True)
@@ -128,17 +128,13 @@ def train_single_head(train: Features, variant: Variant, lr: float, *, task: str
 @torch.no_grad()
 def head_metrics(heads: LinearHeads, variant: Variant, data: Features, task: str, num_classes: int,
                  chunk: int = 4096) -> list[dict[str, float]]:
-    """Metrics of every head of a variant on ``data`` (single-label keeps only each head's top 5)."""
-    kept = []
-    for start in range(0, len(data), chunk):
-        part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.targets.device))
-        logits = heads(variant.inputs(part)).float().transpose(0, 1)  # [L, b, C]
-        kept.append(top_classes(logits) if task == "single" else logits.cpu())
-    kept = torch.cat(kept, dim=1)
-    targets = data.targets.cpu()
-    if task == "single":
-        return [metrics_from_top(top, targets, num_classes) for top in kept]
-    return [multilabel_metrics(scores, targets, threshold=0.0) for scores in kept]
+    """Metrics of every head of a variant on ``data``."""
+    def chunks():
+        for start in range(0, len(data), chunk):
+            part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.targets.device))
+            yield heads(variant.inputs(part)), part.targets
+
+    return grid_metrics(chunks(), task, num_classes)
 
 
 def linear_probe(train: Features, val: Features, test: Features, cfg, *, task: str, num_classes: int, seed: int = 0,

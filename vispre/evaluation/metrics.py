@@ -73,6 +73,20 @@ def multilabel_metrics(scores: torch.Tensor, targets: torch.Tensor, threshold: f
             "label_accuracy": 100 * float((predicted == truth).float().mean())}
 
 
+def grid_metrics(chunks, task: str, num_classes: int) -> list[dict[str, float]]:
+    """Metrics of every head of a grid from ``chunks`` of (logits [b, L, C], targets): single-label keeps
+    only each head's top 5 classes per image (13 heads x 1000 ImageNet classes would not fit)."""
+    kept, targets = [], []
+    for logits, target in chunks:
+        logits = logits.float().transpose(0, 1)  # [L, b, C]
+        kept.append(top_classes(logits).cpu() if task == "single" else logits.cpu())
+        targets.append(target.cpu())
+    kept, targets = torch.cat(kept, dim=1), torch.cat(targets)
+    if task == "single":
+        return [metrics_from_top(top, targets, num_classes) for top in kept]
+    return [multilabel_metrics(scores, targets, threshold=0.0) for scores in kept]
+
+
 def headline(task: str) -> str:
     """The metric that picks the best head and leads the summary."""
     return "top1" if task == "single" else "mAP"

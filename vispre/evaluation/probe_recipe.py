@@ -49,6 +49,9 @@ class FeatureConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | fp32 | bf16
     store_dtype: str = "float32"  # float32 | float16 | bfloat16: the cached files (ImageNet: float16 halves them)
     cache: bool = True
+    # MAP / decoder probes: the last block's tokens are cached (float16) when train + val + test fit in this
+    # many MiB, and streamed from the encoder on every pass otherwise (the protocol records which)
+    token_budget_mib: float = 4096.0
     cache_dir: Optional[str] = None  # default $VISPRE_CACHE or ~/.cache/vispre/features
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 ...
 
@@ -65,6 +68,32 @@ class LinearConfig:
     batch_size: int = 1024
     momentum: float = 0.9
     scale_lr: bool = True  # lr x batch_size / 256 (DINOv2)
+
+
+@dataclass
+class MapConfig:
+    """The MAP probe (big_vision's MAPHead: a learned query attends to the last block's tokens, LN + MLP
+    residual, linear classifier), one head per learning rate trained in one pass. AdamW, linear warm-up,
+    cosine to 0; heads chosen on val like the linear grid's."""
+
+    enabled: bool = False
+    learning_rates: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    epochs: int = 10
+    batch_size: int = 512
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0  # linear warm-up (fractions allowed), then cosine to 0
+    num_heads: int = 0  # attention heads; 0: token dim / 64 (ViT's head width), at least 1
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class DecoderConfig(MapConfig):
+    """The decoder probe (Beyer et al. 2023, the AB paper's main probe): ``layers`` pre-LN decoder layers
+    (self-attention among ``queries`` learned query tokens, cross-attention to the last block's tokens,
+    MLP), then a LayerNorm and a linear classifier on the queries' mean. The paper uses 4 layers."""
+
+    layers: int = 4
+    queries: int = 1
 
 
 @dataclass
@@ -104,6 +133,8 @@ class ProbeRecipe:
     transform: TransformConfig = field(default_factory=TransformConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
 
@@ -127,6 +158,12 @@ def check_config(cfg: ProbeRecipe) -> None:
     if cfg.linear.enabled and max(cfg.linear.n_last_blocks) > cfg.features.n_last_blocks:
         raise ConfigError(f"linear.n_last_blocks: {max(cfg.linear.n_last_blocks)} blocks but features.n_last_blocks "
                           f"stores only {cfg.features.n_last_blocks}")
+    for name in ("map", "decoder"):
+        probe = getattr(cfg, name)
+        if probe.enabled and (not probe.learning_rates or probe.epochs < 1 or probe.batch_size < 1):
+            raise ConfigError(f"{name}: learning_rates must not be empty, epochs and batch_size >= 1")
+    if cfg.decoder.enabled and (cfg.decoder.layers < 1 or cfg.decoder.queries < 1):
+        raise ConfigError("decoder.layers and decoder.queries must be >= 1")
     if cfg.knn.enabled and cfg.knn.report_k not in cfg.knn.ks:
         raise ConfigError(f"knn.report_k: {cfg.knn.report_k} is not among knn.ks {cfg.knn.ks}")
     if cfg.features.precision not in ("auto", "fp32", "bf16"):

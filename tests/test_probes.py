@@ -1,0 +1,81 @@
+"""The token probes (MAP, decoder): they read what a pooled feature loses, the one-pass grid equals
+heads trained one at a time with torch.optim, streamed tokens give the cached result."""
+
+import math
+
+import pytest
+import torch
+
+from vispre.evaluation import Features, LinearConfig
+from vispre.evaluation.grid import GridOptimizer, batch_order, fit, train_reference
+from vispre.evaluation.linear import linear_probe
+from vispre.evaluation.probe_recipe import DecoderConfig, MapConfig
+from vispre.evaluation.token_probe import make_grid, make_head, optim_config, token_probe
+from vispre.evaluation.tokens import CachedTokens
+
+TOKENS, DIM, CLASSES = 16, 32, 4
+
+
+def marked_token(n: int, seed: int) -> tuple[Features, CachedTokens]:
+    """16 tokens, each its position's code plus noise; one token, at a random position p, also carries a
+    marker. The label is p // 4. The mean token is the same whatever p (the marker is added once, the
+    codes always sum the same), so a linear probe on pooled features is at chance; attending to the
+    marked token reads its position code."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(TOKENS, DIM, generator=torch.Generator().manual_seed(99))
+    marker = torch.randn(DIM, generator=torch.Generator().manual_seed(98))
+    marker = 4 * marker / marker.norm()
+    position = torch.randint(0, TOKENS, (n,), generator=g)
+    tokens = codes + 0.3 * torch.randn(n, TOKENS, DIM, generator=g)
+    tokens[torch.arange(n), position] += marker
+    labels = position // (TOKENS // CLASSES)
+    cls = torch.randn(n, DIM, generator=g)  # a CLS token that saw nothing
+    features = Features([cls] * 4, tokens.mean(1), labels, tokens.half())
+    return features, CachedTokens(tokens.half(), labels)
+
+
+def test_map_and_decoder_read_a_token_position_that_pooling_loses():
+    (train_f, train), (val_f, val), (test_f, test) = (marked_token(n, s) for n, s in ((1200, 0), (300, 1), (600, 2)))
+    linear = linear_probe(train_f, val_f, test_f, LinearConfig(learning_rates=[0.01, 0.1, 1.0], epochs=20,
+                                                               batch_size=128), task="single", num_classes=CLASSES)
+    chance_band = 4 * 100 * math.sqrt(0.25 * 0.75 / 600)  # 4 sd of a binomial proportion at p = 0.25
+    assert abs(linear["best"]["test"]["top1"] - 25) < chance_band
+    cfg = MapConfig(enabled=True, learning_rates=[1e-3, 3e-3], epochs=15, batch_size=64, num_heads=2)
+    map_probe = token_probe("map", train, val, test, cfg, task="single", num_classes=CLASSES)
+    assert map_probe["best"]["test"]["top1"] >= 90.0 and map_probe["tokens"] == "cached"
+    dec = DecoderConfig(enabled=True, learning_rates=[1e-3, 3e-3], epochs=15, batch_size=64, num_heads=2, layers=1)
+    decoder = token_probe("decoder", train, val, test, dec, task="single", num_classes=CLASSES)
+    assert decoder["best"]["test"]["top1"] >= 90.0
+
+
+@pytest.mark.parametrize("kind,task", [("map", "single"), ("map", "multi"), ("decoder", "single")])
+def test_token_grid_equals_each_head_trained_alone(kind, task):
+    """Every head of the one-pass grid (attention folded, heads stacked, one AdamW over the stack) ends
+    where the same head ends when trained alone: timm's AttentionPoolLatent / torch's MultiheadAttention,
+    torch.optim.AdamW, LambdaLR, same init and batches. Scores on test are the same."""
+    _, train = marked_token(192, 0)
+    _, test = marked_token(200, 2)
+    targets = train.targets if task == "single" else torch.nn.functional.one_hot(train.targets, CLASSES).float()
+    train = CachedTokens(train.tokens, targets)
+    cfg = (MapConfig(learning_rates=[3e-4, 3e-3, 1e-2], epochs=3, batch_size=64, num_heads=2, weight_decay=0.05)
+           if kind == "map" else
+           DecoderConfig(learning_rates=[3e-4, 3e-3, 1e-2], epochs=3, batch_size=64, num_heads=2, layers=2, queries=2))
+    head = make_head(kind, cfg, DIM, CLASSES, seed=3)
+    torch.nn.init.normal_(head.fc.weight, std=0.1)  # zero-initialised: the first step would move only fc
+    grid = make_grid(kind, head, cfg.learning_rates)
+    steps = train.steps(cfg.batch_size, cfg.epochs)
+    fit(grid, GridOptimizer(grid.param_lrs(), optim_config(cfg)), train.batches(cfg.batch_size, cfg.epochs, 5, "cpu"),
+        steps, task=task, warmup=2)
+    x = test.tokens.float()
+    with torch.no_grad():
+        together = grid(x)
+    for i, lr in enumerate(cfg.learning_rates):
+        alone = make_head(kind, cfg, DIM, CLASSES, seed=3)
+        alone.load_state_dict(head.state_dict())
+        batches = ((train.tokens[b], train.targets[b]) for b in batch_order(len(train), cfg.batch_size, cfg.epochs, 5))
+        train_reference(alone, batches, steps, task=task, lr=lr, optim=optim_config(cfg), warmup=2)
+        with torch.no_grad():
+            logits = alone(x)
+            assert (logits - together[:, i]).abs().max() < 1e-4, (kind, lr)
+            assert (logits - together[:, 0]).abs().max() > 1e-2 or i == 0  # the learning rates matter
+            assert torch.equal(logits.argmax(1), together[:, i].argmax(1))

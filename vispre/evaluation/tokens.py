@@ -1,0 +1,119 @@
+"""Token features for the MAP and decoder probes: cached in float16 when they fit a size budget,
+streamed from the frozen encoder when they do not.
+
+Both kinds give the probes the same two things: shuffled training batches for a number of epochs,
+and the samples in order for scoring. A cached set holds ``Features.tokens`` [N, T, D] (float16,
+on the CPU; each batch moves to the device); a streamed set runs the encoder over the probe set
+again for every epoch and every scoring pass, keeping the rows of its split (a held-out
+validation split is a subset of train's rows). Streamed batches come in the data's order,
+re-cut to the batch size: there is no random access into a stream of shards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from .features import extract_batch, use_bf16
+from .grid import batch_order
+
+MIB = 2**20
+
+
+def token_shape(encoder, transform) -> tuple[int, int]:
+    """(T, D) of the last block's tokens at the transform's size (one forward of a blank image)."""
+    x = torch.zeros(1, 3, transform.size, transform.size)
+    m = encoder.eval().to("cpu")
+    with torch.no_grad():
+        tokens = extract_batch(m, x, 1, tokens=True)[2]
+    return tokens.shape[1], tokens.shape[2]
+
+
+def token_bytes(samples: int, shape: tuple[int, int]) -> int:
+    return samples * shape[0] * shape[1] * 2  # float16
+
+
+class CachedTokens:
+    """Tokens in memory: [N, T, D] float16 and the targets."""
+
+    mode = "cached"
+
+    def __init__(self, tokens: torch.Tensor, targets: torch.Tensor):
+        self.tokens, self.targets = tokens, targets
+        self.dim = tokens.shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def steps(self, batch_size: int, epochs: int) -> int:
+        return epochs * math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, epochs: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in batch_order(len(self), batch_size, epochs, seed):
+            yield self.tokens[index].to(device, non_blocking=True), self.targets[index].to(device)
+
+    def in_order(self, chunk: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), chunk):
+            yield self.tokens[start:start + chunk].to(device), self.targets[start:start + chunk].to(device)
+
+
+class StreamedTokens:
+    """Tokens computed by the encoder on every pass over ``source``, keeping the rows in ``rows`` (stream
+    positions; None: all)."""
+
+    mode = "streamed"
+
+    def __init__(self, encoder, source, transform, cfg, device, samples: int, dim: int,
+                 rows: torch.Tensor | None = None):
+        self.encoder, self.source, self.transform, self.cfg, self.device = encoder, source, transform, cfg, device
+        self.dim = dim
+        self.keep = None
+        if rows is not None:
+            self.keep = torch.zeros(samples, dtype=torch.bool)
+            self.keep[rows] = True
+        self.samples = samples if rows is None else len(rows)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def steps(self, batch_size: int, epochs: int) -> int:
+        return epochs * math.ceil(len(self) / batch_size)
+
+    def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device, cfg = torch.device(self.device), self.cfg
+        encoder = self.encoder.eval().to(device)
+        bf16, seen = use_bf16(cfg.precision, device), 0
+        for images, targets in self.source.batches(self.transform, cfg.batch_size, cfg.workers):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                x = self.transform.normalize(images.to(device, non_blocking=True))
+                tokens = extract_batch(encoder, x, 1, tokens=True)[2].to(torch.float16)
+            targets = targets.to(device)
+            if self.keep is not None:
+                keep = self.keep[seen:seen + len(targets)].to(device)
+                tokens, targets = tokens[keep], targets[keep]
+            seen += len(images)
+            if len(targets):
+                yield tokens, targets
+
+    def _rebatch(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        held_tokens, held_targets, held = [], [], 0
+        for tokens, targets in self._stream():
+            held_tokens.append(tokens)
+            held_targets.append(targets)
+            held += len(targets)
+            while held >= batch_size:
+                all_tokens, all_targets = torch.cat(held_tokens), torch.cat(held_targets)
+                yield all_tokens[:batch_size], all_targets[:batch_size]
+                held_tokens, held_targets = [all_tokens[batch_size:]], [all_targets[batch_size:]]
+                held -= batch_size
+        if held:
+            yield torch.cat(held_tokens), torch.cat(held_targets)
+
+    def batches(self, batch_size: int, epochs: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(epochs):
+            yield from self._rebatch(batch_size)
+
+    def in_order(self, chunk: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self._stream()

@@ -144,3 +144,31 @@ def test_distinct_frames_as_image_shards(tmp_path):
     with pytest.raises(KeyError, match="no 'observations'"):
         np.savez(tmp_path / "bad.npz", actions=np.zeros(3))
         module.write_frames(tmp_path / "bad.npz", tmp_path / "bad")
+
+
+def test_a_held_out_video_shares_no_layout_with_evaluation_or_validation(tmp_path):
+    """Layouts are held out by identity, not by seed range: SimpleCrossing's 42 layouts recur across seed ranges,
+    so a video built from 'train' seeds alone contains the evaluation layouts (the old leak, checked here too)."""
+    from vispre.envs.layouts import LayoutHoldout, layout_of
+    from vispre.rl.eval_envs import MiniGridLayouts
+
+    task, behaviour = "simple_crossing", Behaviour(max_steps=4)
+    evaluation = MiniGridLayouts(task, 2_000_000, 16, holdout=8)  # what the offline-RL recipes score on
+    assert len(evaluation.held_out) == 8 and all(evaluation.layout(s) in evaluation.held_out for s in evaluation.seeds)
+
+    def layouts(path):
+        return {layout_of(task, int(s)) for s in np.unique(load_trajectories(path)["layout_seeds"])}
+
+    held = build_minigrid_video(tmp_path / "held", episodes=120, val_episodes=12, behaviour=behaviour,
+                                formats=("npz",), holdout=LayoutHoldout(eval=8, val=6))
+    train, val = layouts(tmp_path / "held" / held["splits"]["train"]["npz"]), \
+        layouts(tmp_path / "held" / held["splits"]["val"]["npz"])
+    assert not train & evaluation.held_out and not val & evaluation.held_out
+    assert not train & val and len(val) == 6 and len(train) == held["splits"]["train"]["distinct_layouts"]
+    assert len(train) == 42 - 8 - 6  # every other layout of the task, within 120 episodes
+    assert len(held["held_out_layout_seeds"]["eval"]) == 8
+
+    # the in-domain setting (nothing held out): the default video's 500 train seeds meet every evaluation layout
+    from vispre.envs import layout_seed
+
+    assert evaluation.held_out <= {layout_of(task, layout_seed("train", i)) for i in range(500)}

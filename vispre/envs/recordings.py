@@ -42,12 +42,13 @@ from PIL import Image
 from ..data.formats import frame_ext
 from ..data.shard_writer import ShardWriter
 from ..utils.io import write_json
+from .layouts import LayoutHoldout, distinct_layouts, layout_of
 from .minigrid import get_task
 from .rollouts import Behaviour, Episode, Roller
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the generator changes so old builds are not reused
+VERSION = 2  # bump when the generator changes so old builds are not reused
 SPLITS = {"train": 0, "val": 1, "test": 2}  # test: evaluation layouts for downstream agents
 INFO_FILE = "info.json"
 EXTRAS = ("positions", "directions", "carrying", "door_open", "goal_positions", "layout_seeds", "distances")
@@ -61,12 +62,17 @@ def layout_seed(split: str, index: int, seed: int = 0) -> int:
 
 
 def episodes(task: str, split: str, count: int, behaviour: Behaviour, *, seed: int = 0,
-             episodes_per_layout: int = 1):
-    """Yield ``count`` episodes of ``split``; episode i uses layout i // episodes_per_layout."""
+             episodes_per_layout: int = 1, holdout: LayoutHoldout = LayoutHoldout()):
+    """Yield ``count`` episodes of ``split``; episode i uses the (i // episodes_per_layout)-th reset seed of the
+    split that ``holdout`` allows (every seed when nothing is held out)."""
     roller = Roller(get_task(task), behaviour)
+    seeds = holdout.seeds(task, split, layout_seed(split, 0, seed), layout_seed("val", 0, seed))
+    layout = None
     for i in range(count):
+        if i % episodes_per_layout == 0:
+            layout = next(seeds)
         rng = np.random.default_rng([seed, SPLITS[split], i])
-        yield roller.episode(layout_seed(split, i // episodes_per_layout, seed), rng)
+        yield roller.episode(layout, rng)
 
 
 # -- writers ------------------------------------------------------------------------------------------
@@ -121,15 +127,18 @@ def clip_sample(key: str, task: str, index: int, episode: Episode) -> dict:
 
 
 def write_split(out: Path, task: str, split: str, count: int, behaviour: Behaviour, *, seed: int,
-                episodes_per_layout: int, clips_per_shard: int, formats: tuple[str, ...]) -> dict:
+                episodes_per_layout: int, clips_per_shard: int, formats: tuple[str, ...],
+                holdout: LayoutHoldout = LayoutHoldout()) -> dict:
     """Roll out one split and write it in ``formats`` ("npz", "clips"); return its counts."""
     name = f"{task}-{behaviour.kind}" + ("" if split == "train" else f"-{split}")
     collected: list[Episode] = []
     writer = ShardWriter(out / ("clips" if split == "train" else f"clips-{split}"), prefix=split,
                          samples_per_shard=clips_per_shard) if "clips" in formats else None
     frames = successes = 0
+    layouts = set()
     for i, episode in enumerate(episodes(task, split, count, behaviour, seed=seed,
-                                         episodes_per_layout=episodes_per_layout)):
+                                         episodes_per_layout=episodes_per_layout, holdout=holdout)):
+        layouts.add(episode.layout_seed)
         frames, successes = frames + len(episode), successes + episode.success
         if writer is not None:
             writer.write(clip_sample(f"{task}-{split}-{i:06d}", task, i, episode))
@@ -138,15 +147,17 @@ def write_split(out: Path, task: str, split: str, count: int, behaviour: Behavio
     sizes = writer.close() if writer is not None else {}
     if collected:
         save_npz(out / f"{name}.npz", to_arrays(collected))
-    return {"episodes": count, "frames": frames, "successes": successes,
+    distinct = {layout_of(task, s) for s in layouts}
+    return {"episodes": count, "frames": frames, "successes": successes, "distinct_layouts": len(distinct),
             "npz": f"{name}.npz" if collected else None, "clip_shards": sorted(sizes)}
 
 
 def build_minigrid_video(out_dir, *, task: str = "simple_crossing", episodes: int = 500, val_episodes: int = 50,
                          behaviour: Behaviour | None = None, seed: int = 0, episodes_per_layout: int = 1,
                          clips_per_shard: int = 64, formats: tuple[str, ...] = ("npz", "clips"),
-                         force: bool = False) -> dict:
-    """Build (or reuse) the MiniGrid "video" under ``out_dir``; return info.json's content."""
+                         holdout: LayoutHoldout = LayoutHoldout(), force: bool = False) -> dict:
+    """Build (or reuse) the MiniGrid "video" under ``out_dir``; return info.json's content. ``holdout``: the
+    evaluation / validation layouts the train split must not contain (``vispre.envs.layouts``)."""
     behaviour = behaviour or Behaviour()
     get_task(task)
     if unknown := set(formats) - {"npz", "clips"}:
@@ -155,7 +166,7 @@ def build_minigrid_video(out_dir, *, task: str = "simple_crossing", episodes: in
     params = {"version": VERSION, "task": task, "episodes": episodes, "val_episodes": val_episodes,
               "behaviour": {**asdict(behaviour), "epsilons": list(behaviour.epsilons)}, "seed": seed,
               "episodes_per_layout": episodes_per_layout, "clips_per_shard": clips_per_shard,
-              "formats": sorted(formats)}
+              "formats": sorted(formats), "holdout": asdict(holdout)}
     info_path = out / INFO_FILE
     if not force and info_path.exists():
         existing = json.loads(info_path.read_text())
@@ -168,10 +179,14 @@ def build_minigrid_video(out_dir, *, task: str = "simple_crossing", episodes: in
         shutil.rmtree(out / old, ignore_errors=True)  # sizes.json merges: stale shards would stay
     out.mkdir(parents=True, exist_ok=True)
     splits = {split: write_split(out, task, split, n, behaviour, seed=seed, episodes_per_layout=episodes_per_layout,
-                                 clips_per_shard=clips_per_shard, formats=tuple(formats))
+                                 clips_per_shard=clips_per_shard, formats=tuple(formats), holdout=holdout)
               for split, n in (("train", episodes), ("val", val_episodes))}
+    held = {name: sorted(seed_ for seed_, layout in distinct_layouts(task, first, count, exclude))
+            for name, first, count, exclude in (
+                ("eval", holdout.eval_seed, holdout.eval, frozenset()),
+                ("val", layout_seed("val", 0, seed), holdout.val, holdout.sets(task, layout_seed("val", 0, seed))[0]))}
     info = {"params": params, "splits": splits, "seconds": round(time.perf_counter() - start, 1),
-            "layout_seeds": {s: layout_seed(s, 0, seed) for s in SPLITS}}
+            "layout_seeds": {s: layout_seed(s, 0, seed) for s in SPLITS}, "held_out_layout_seeds": held}
     write_json(info_path, info)
     log.info("built MiniGrid video in %s in %.1f s: %s", out, info["seconds"],
              {k: v["frames"] for k, v in splits.items()})

@@ -54,34 +54,28 @@ class MiniGridLayouts:
     """Which layouts evaluation uses, and which data rows lie on them.
 
     A new reset seed is not a new layout (SimpleCrossingS9N1 has 42 distinct layouts), so with
-    ``holdout`` > 0 evaluation uses the first ``holdout`` distinct layouts met from ``first_seed`` on,
-    and ``keep_rows`` drops every data trajectory on one of them: the evaluation layouts are then truly
-    unseen. With ``holdout`` = 0 episodes use seeds first_seed, first_seed + 1, ... as they come."""
+    ``holdout`` > 0 evaluation uses the first ``holdout`` distinct layouts met from ``first_seed`` on (the
+    same layouts ``vispre.envs.layouts.LayoutHoldout(eval=holdout)`` keeps out of a video), and ``keep_rows``
+    drops every data trajectory on one of them: the evaluation layouts are then truly unseen. With
+    ``holdout`` = 0 episodes use seeds first_seed, first_seed + 1, ... as they come."""
 
     def __init__(self, task: str, first_seed: int, episodes: int, holdout: int = 0):
-        from ..envs import minigrid
+        from ..envs import layouts
 
-        self.mg, self.env = minigrid, minigrid.make_env(minigrid.get_task(task))
-        self._layouts: dict[int, object] = {}
+        self.task, self.layout_of = task, layouts.layout_of
         if holdout <= 0:
             self.seeds = list(range(first_seed, first_seed + episodes))
             self.held_out = set()
             return
-        self.held_out, self.seeds, seed = set(), [], first_seed
+        self.held_out = {layout for _, layout in layouts.distinct_layouts(task, first_seed, holdout)}
+        self.seeds, seed = [], first_seed
         while len(self.seeds) < episodes:
-            layout = self.layout(seed)
-            if len(self.held_out) < holdout:
-                self.held_out.add(layout)
-            if layout in self.held_out:
+            if self.layout(seed) in self.held_out:
                 self.seeds.append(seed)
             seed += 1
-            if seed - first_seed > 100 * episodes + 10_000:
-                raise RuntimeError(f"{task}: found only {len(self.seeds)} episodes on {holdout} held-out layouts")
 
     def layout(self, seed: int):
-        if seed not in self._layouts:
-            self._layouts[seed] = self.mg.reset(self.env, int(seed))
-        return self._layouts[seed]
+        return self.layout_of(self.task, int(seed))
 
     def keep_rows(self, layout_seeds: np.ndarray) -> np.ndarray:
         """Rows whose layout is not held out (per-row ``layout_seeds`` of a data file)."""

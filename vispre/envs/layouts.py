@@ -59,8 +59,8 @@ class LayoutHoldout:
 
     def sets(self, task: str, val_seed: int) -> tuple[frozenset, frozenset]:
         """(evaluation layouts, validation layouts) as sets of ``Layout``."""
-        evaluation = frozenset(l for _, l in distinct_layouts(task, self.eval_seed, self.eval))
-        validation = frozenset(l for _, l in distinct_layouts(task, val_seed, self.val, exclude=evaluation))
+        evaluation = frozenset(layout for _, layout in distinct_layouts(task, self.eval_seed, self.eval))
+        validation = frozenset(layout for _, layout in distinct_layouts(task, val_seed, self.val, exclude=evaluation))
         return evaluation, validation
 
     def seeds(self, task: str, split: str, first_seed: int, val_seed: int) -> Iterator[int]:

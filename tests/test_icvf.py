@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vispre.data import DataConfig
 from vispre.data.goals import (
     CURRENT,
     FUTURE,
@@ -300,3 +301,39 @@ def test_short_training_run_loss_falls(tmp_path, clip_shards):
         direct = method.net("target")["value"].phi(method.encode(method.net("target"), method.prepare(
             frames[:, 0].permute(0, 3, 1, 2))))
         assert torch.allclose(pixels(frames), direct, atol=1e-4)
+
+
+def test_td_targets_do_not_depend_on_the_rest_of_the_batch():
+    """A BatchNorm encoder in train mode would make a frame's target value depend on the frames batched with it;
+    the target network stays in eval mode through method.train(), so targets are per-sample functions."""
+    torch.manual_seed(0)
+    method = ICVF(build_encoder("resnet10t", channels=[8, 8, 8, 8], stem_width=8),
+                  ICVFConfig(hidden_dims=[16, 16]))
+    method.train()
+    assert method.online.training and not any(m.training for m in method.target.modules())
+    x = torch.randn(4, 3, 32, 32)
+    others = [torch.randn(4, 3, 32, 32) * 3 + 1, torch.randn(4, 3, 32, 32) - 2]
+    with torch.no_grad():
+        target = method.net("target")
+        first = [method.encode(target, torch.cat([x, o]))[:4] for o in others]
+        online = [method.encode(method.online, torch.cat([x, o]))[:4] for o in others]
+    torch.testing.assert_close(first[0], first[1])
+    assert not torch.allclose(online[0], online[1])  # the online BatchNorm does see the batch: the test can fail
+
+
+def test_crop_pad_shifts_each_of_the_four_images_on_its_own(tmp_path, monkeypatch):
+    """Video ICVF crops s, s', s+ and z independently: on a video whose frames are all one textured image, the
+    encoder sees four different crops of it with crop_pad > 0 and four equal images without."""
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    save_npz(tmp_path / "t.npz", {"observations": np.stack([frame] * 12), "terminals": np.tile(np.eye(6)[-1], 2)})
+    for pad, distinct in ((0, 1), (4, 4)):
+        method = tiny_icvf(crop_pad=pad)
+        seen = []
+        encode = method.encode
+        monkeypatch.setattr(method, "encode", lambda net, images, encode=encode: seen.append(images) or
+                            encode(net, images))
+        loader = method.build_loader(DataConfig(spec=str(tmp_path / "t.npz"), format="trajectories", batch_size=1,
+                                                frame_size=16))
+        method(next(iter(loader)))
+        s_, s_next, goal, intent = seen[0].split(1)  # the target network's pass over all four
+        assert len({tuple(t.flatten().tolist()) for t in (s_, s_next, goal, intent)}) == distinct, pad

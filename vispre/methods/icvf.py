@@ -33,6 +33,7 @@ from ..models.exportable import ExportedModule, ExportSpec
 from ..models.icvf import GridFeatures, ValueEnsemble, ValueFunction
 from ..utils.diagnostics import rankme, spearman, srank
 from ..views.photometric import Photometric
+from ..views.shift import random_shift
 from .base import Method, masked, step_generator
 from .registry import register
 
@@ -51,8 +52,9 @@ class ICVFConfig:
     p_current: float = 0.2
     p_future: float = 0.5
     p_random: float = 0.3
-    future: str = "uniform"  # uniform (release) | geometric (offsets ~ Geom(1 - discount))
+    future: str = "uniform"  # uniform (release) | uniform_after | geometric (offsets ~ Geom(1 - discount))
     p_same: float = 0.5  # s+ := z
+    crop_pad: int = 0  # random shift of each of s, s', s+, z on its own (the video code: 16 px at 128 px frames)
     features: str = "pooled"  # pooled: the encoder's pooled feature | grid: its last map pooled to grid x grid
     grid: int = 4  # features: grid; phi's input is then C * grid^2 (MiniGrid: the 4x4 map, kept whole)
     diagnostic_pairs: int = 2000  # (s, g) pairs for the value/distance rank correlations
@@ -118,6 +120,9 @@ class ICVF(Method):
             q["intent"] = torch.zeros_like(q["intent"])
         b = q["s"].shape[0]
         images = self.prepare(torch.cat([q["s"], q["s_next"], q["goal"], q["intent"]]))
+        if cfg.crop_pad:  # one independent shift per image: s, s', s+ and z each get their own
+            images = random_shift(images, cfg.crop_pad, step_generator(images.device, self.seed, self.step,
+                                                                       self.rank, "crop"))
         with torch.no_grad():
             target = self.target.module
             f_s, f_next, f_g, f_z = self.encode(target, images).split(b)
@@ -137,6 +142,13 @@ class ICVF(Method):
         return masked(loss, batch["valid"].to(device)), metrics
 
     # -- target and export ------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """The target network always runs in eval mode: its TD targets must not depend on batch statistics
+        (or dropout) of the batch they are computed on."""
+        super().train(mode)
+        self.target.eval()
+        return self
+
     def update_target(self, momentum: float) -> None:
         self.target.decay = momentum  # V-bar <- momentum V-bar + (1 - momentum) V
         self.target.update(self.online)

@@ -330,7 +330,7 @@ def test_crop_pad_shifts_each_of_the_four_images_on_its_own(tmp_path, monkeypatc
         method = tiny_icvf(crop_pad=pad)
         seen = []
         encode = method.encode
-        monkeypatch.setattr(method, "encode", lambda net, images, encode=encode: seen.append(images) or
+        monkeypatch.setattr(method, "encode", lambda net, images, encode=encode, seen=seen: seen.append(images) or
                             encode(net, images))
         loader = method.build_loader(DataConfig(spec=str(tmp_path / "t.npz"), format="trajectories", batch_size=1,
                                                 frame_size=16))

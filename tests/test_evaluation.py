@@ -290,7 +290,9 @@ def test_vispre_eval_end_to_end(tmp_path, capsys):
     recipe.write_text(f"name: tiny\ntrain: {{path: {train}}}\ntest: {{path: {test}}}\nval_fraction: 0.2\n"
                       "features: {batch_size: 16, workers: 0, n_last_blocks: 2}\nlinear: {n_last_blocks: [1, 2]}\n"
                       "knn: {ks: [5, 10], report_k: 5}\n"
-                      "fewshot: {enabled: true, shots: [2], tries: 2}\n")
+                      "fewshot: {enabled: true, shots: [2], tries: 2}\n"
+                      "map: {enabled: true, learning_rates: [0.001, 0.003], epochs: 3, batch_size: 16}\n"
+                      "decoder: {enabled: true, learning_rates: [0.001], epochs: 2, batch_size: 16, layers: 1}\n")
     args = ["eval", str(recipe), "--encoder", str(encoder_dir), "--append-to-card", "linear.epochs=5",
             "linear.batch_size=16", "linear.learning_rates=[0.01,0.1]", f"features.cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0
@@ -303,8 +305,15 @@ def test_vispre_eval_end_to_end(tmp_path, capsys):
     assert protocol["encoder"]["path"] == str(encoder_dir.resolve()) and protocol["encoder"]["random_init"] is False
     assert protocol["resolution"] == 32 and protocol["num_classes"] == 3 and len(results["linear"]["heads"]) == 8
     assert results["knn"]["per_k"]["5"]["top1"] >= 90.0  # three colours: trivial even for a barely trained ViT
-    assert set(results["scores"]) >= {"linear/top1", "linear/mean_per_class", "knn/k5/top1", "fewshot/2shot/top1"}
-    for plot in ("linear_probe.png", "knn.png"):
+    assert set(results["scores"]) >= {"linear/top1", "linear/mean_per_class", "knn/k5/top1", "fewshot/2shot/top1",
+                                      "map/top1", "decoder/top1"}
+    assert len(results["map"]["heads"]) == 2 and results["map"]["tokens"] == "cached"
+    assert results["map"]["best"]["test"]["top1"] > results["chance"]["top1"]  # three colours: easy
+    tokens = protocol["features"]["tokens"]
+    assert tokens["mode"] == "cached" and tokens["shape"] == [17, 64]  # CLS + 4 x 4 patches of the test export
+    assert protocol["map"]["learning_rates"] == [0.001, 0.003] and "layers" not in protocol["map"]
+    assert protocol["decoder"]["head"].startswith("decoder (Beyer et al. 2023): 1 pre-LN layers")
+    for plot in ("linear_probe.png", "knn.png", "map_probe.png", "decoder_probe.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{results['scores']['linear/top1']:6.2f}" in printed
     card = json.loads((encoder_dir / "scores.json").read_text())
@@ -313,6 +322,7 @@ def test_vispre_eval_end_to_end(tmp_path, capsys):
     assert main(["eval", str(recipe), "linear.epochs=2", "--encoder", str(encoder_dir), "--random-init",
                  f"features.cache_dir={tmp_path / 'cache'}"]) == 0
     random = json.loads((encoder_dir / "eval" / "tiny-random-init" / "results.json").read_text())
+    assert "map/top1" in random["scores"]
     assert random["protocol"]["encoder"]["weights_hash"] != protocol["encoder"]["weights_hash"]
     assert {c["cache"] for c in random["protocol"]["features"]["cache"].values()} == {"miss"}
     assert main(args) == 0  # the same encoder again: every split from the cache

@@ -26,15 +26,22 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="add the scores and their protocol to the export's scores.json and model card")
     parser.add_argument("--print-config", action="store_true", default=None, help="print the resolved recipe and exit")
     parser.add_argument("--progress", action="store_true", default=None, help="progress bars during feature extraction")
+    parser.add_argument("--random-init-results", metavar="JSON", default=None,
+                        help="results.json of the same recipe at random init, drawn on the plots (default: "
+                             "OUTPUT-random-init/results.json when it exists)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "eval", help="score an exported encoder: linear-probe grid, kNN, few-shot (recipes in eval/)",
+        "eval", help="score an exported encoder: linear / MAP / decoder probe grids, kNN, few-shot (recipes in "
+                     "eval/); 'vispre eval compare RESULTS.json ...' tabulates several",
         description="Evaluate the encoder exported in DIR ('vispre export') with an evaluation recipe (eval/*.yaml): "
-                    "DINOv2's grid of linear heads trained in one pass over cached frozen features, DINO's kNN, "
-                    "few-shot logistic regression. key=value arguments override recipe fields, e.g. "
-                    "'linear.epochs=5 features.batch_size=64 test.limit=500'.")
+                    "DINOv2's grid of linear heads trained in one pass over cached frozen features, MAP and decoder "
+                    "probes on the tokens (map.enabled=true, decoder.enabled=true), DINO's kNN, few-shot logistic "
+                    "regression. key=value arguments override recipe fields, e.g. "
+                    "'linear.epochs=5 features.batch_size=64 test.limit=500'. "
+                    "'vispre eval compare A/results.json B/results.json --output DIR' writes one table "
+                    "(Markdown + CSV) and one chart across encoders.")
     parser.add_argument("recipe", help="evaluation recipe YAML (eval/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
     _options(parser)
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.typed_config import ConfigError, load_config, to_yaml
 
     args = _merge_rest(args)
+    if args.recipe == "compare":
+        return run_compare(args)
     if recipe_kind(args.recipe) == "offline_rl":
         return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
     if not args.encoder and not args.print_config:
@@ -89,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or cfg.output_dir or Path(args.encoder) / "eval" / f"{cfg.name}{suffix}")
     encoder_info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init,
                     "random_init_seed": cfg.seed if args.random_init else None}
-    results = evaluate(cfg, encoder, out, encoder_info=encoder_info, progress=args.progress)
+    results = evaluate(cfg, encoder, out, encoder_info=encoder_info, baseline=random_init_results(args, out),
+                       progress=args.progress)
     print(results["table"])
     print(f"results: {out / 'results.json'}" + (f"; plots: {', '.join(results['plots'])}" if results["plots"] else ""))
     if args.append_to_card:
@@ -99,6 +109,33 @@ def run(args: argparse.Namespace) -> int:
         protocol["features"] = {k: v for k, v in protocol["features"].items() if k != "cache"}
         card = append_scores(args.encoder, cfg.name, results["scores"], protocol)
         print(f"scores added to {card} and the model card")
+    return 0
+
+
+def random_init_results(args: argparse.Namespace, out: Path) -> dict | None:
+    """The random-init run of the same recipe, for the plots' reference line."""
+    import json
+
+    if args.random_init:
+        return None
+    default = out.with_name(f"{out.name}-random-init") / "results.json"
+    path = Path(args.random_init_results) if args.random_init_results else default
+    if not path.is_file():
+        if args.random_init_results:
+            raise FileNotFoundError(f"--random-init-results: no file {path}")
+        return None
+    return json.loads(path.read_text())
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``vispre eval compare RESULTS.json ... [--output DIR]``: one table and one chart across encoders."""
+    from ..evaluation.compare import compare
+
+    if not args.overrides:
+        raise SystemExit("vispre eval compare: error: give the results.json files (or their folders) to compare")
+    written = compare(args.overrides, Path(args.output or "eval-compare"))
+    print(written["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.sources.base import read_bytes
 from .cifar import NUM_CLASSES, read_cifar, split_files
 from .probe_recipe import ProbeSetConfig
+from .subsets import describe_subset, stratified_subset
 from .transform import EvalTransform
 
 log = logging.getLogger("vispre.evaluation")
@@ -87,8 +88,28 @@ class IndexedProbeSet:
     def item(self, index: int):
         raise NotImplementedError
 
+    subset: dict | None = None  # how ``limit`` drew the samples (None: all of them)
+
     def where(self, index: int) -> str:
         return f"item {index}"
+
+    def count(self) -> int:
+        return len(self)
+
+    def draw(self, labels: list, limit: int | None, seed: int) -> list[int]:
+        """The indices a ``limit`` keeps (class-stratified, random), remembered for the protocol."""
+        if limit is None or limit >= len(labels):
+            return list(range(len(labels)))
+        chosen = stratified_subset(labels, limit, seed, self.task)
+        self.subset = describe_subset(labels, chosen, limit, seed, self.task)
+        return chosen
+
+    def subset_identity(self) -> dict:
+        if self.subset is None:
+            return {}
+        s = self.subset
+        return {"subset": f"{s['limit']} of {s['of']}, {s['drawn']}, {s['classes_in_subset']} of "
+                          f"{s['classes_in_data']} classes"}
 
     def batches(self, transform: EvalTransform, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Any]]:
         loader = DataLoader(_Images(self, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -100,12 +121,13 @@ class IndexedProbeSet:
 class FolderProbeSet(IndexedProbeSet):
     """Class sub-folders under ``root``; classes are the sorted folder names (ImageFolder's order)."""
 
-    def __init__(self, root: str, limit: int | None = None):
+    def __init__(self, root: str, limit: int | None = None, seed: int = 0):
         from ..data.sources.images import ImageFolderSource
 
         listing = ImageFolderSource(root, labels=True)
         self.root, self.classes = Path(root), listing.classes
-        self.items = [(rel, label) for rel, _, label in listing.items][:limit]
+        self.items = [(rel, label) for rel, _, label in listing.items]
+        self.items = [self.items[i] for i in self.draw([label for _, label in self.items], limit, seed)]
         self.num_classes = len(self.classes)
 
     def __len__(self) -> int:
@@ -125,15 +147,16 @@ class FolderProbeSet(IndexedProbeSet):
         """The file list and labels, not the bytes (hashing ImageNet's 140 GB on every run would take minutes)."""
         listing = hashlib.blake2b("\n".join(f"{r}\t{c}" for r, c in self.items).encode(), digest_size=16)
         return {"kind": "folder", "path": str(self.root.resolve()), "samples": len(self.items),
-                "classes": len(self.classes), "files": listing.hexdigest()}
+                "classes": len(self.classes), "files": listing.hexdigest(), **self.subset_identity()}
 
 
 class CifarProbeSet(IndexedProbeSet):
-    def __init__(self, root: str, kind: str, split: str, limit: int | None = None):
+    def __init__(self, root: str, kind: str, split: str, limit: int | None = None, seed: int = 0):
         self.root, self.kind, self.split = root, kind, split
         self.files = split_files(root, kind, split)
         self.images, self.labels = read_cifar(root, kind, split)
-        self.images, self.labels = self.images[:limit], self.labels[:limit]
+        chosen = self.draw(self.labels.tolist(), limit, seed)
+        self.images, self.labels = self.images[chosen], self.labels[chosen]
         self.num_classes = NUM_CLASSES[kind]
 
     def __len__(self) -> int:
@@ -147,14 +170,14 @@ class CifarProbeSet(IndexedProbeSet):
 
     def identity(self) -> dict:
         return {"kind": self.kind, "split": self.split, "path": str(Path(self.root).resolve()),
-                "samples": len(self.labels), "content": file_digest(self.files)}
+                "samples": len(self.labels), "content": file_digest(self.files), **self.subset_identity()}
 
 
 class HFProbeSet(IndexedProbeSet):
     """A ``datasets.Dataset``; the label column holds ints (single) or lists of ints (multi-label)."""
 
     def __init__(self, path: str, split: str, image_key: str, label_key: str, task: str, num_classes: int | None,
-                 limit: int | None = None):
+                 limit: int | None = None, seed: int = 0):
         import datasets
 
         from ..data.sources.images import load_hf
@@ -167,8 +190,9 @@ class HFProbeSet(IndexedProbeSet):
         for column in (image_key, label_key):
             if column not in ds.column_names:
                 raise KeyError(f"hf dataset {path}: no column {column!r} (columns: {ds.column_names})")
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
+        self.task = task
+        if limit is not None and limit < len(ds):
+            ds = ds.select(self.draw(ds[label_key], limit, seed))
         feature = ds.features[label_key]
         if isinstance(feature, datasets.ClassLabel):
             num_classes, self.classes = num_classes or feature.num_classes, list(feature.names)
@@ -192,20 +216,18 @@ class HFProbeSet(IndexedProbeSet):
 
     def identity(self) -> dict:
         return {"kind": "hf", "path": self.path, "split": self.split, "samples": len(self.ds),
-                "fingerprint": self.ds._fingerprint, "columns": [self.image_key, self.label_key]}
+                "fingerprint": self.ds._fingerprint, "columns": [self.image_key, self.label_key],
+                **self.subset_identity()}
 
 
 class ShardProbeSet:
     """Labelled webdataset shards, read once in order by vispre.data's finite stream."""
 
-    def __init__(self, spec: str, format: str, label_key: str, task: str, num_classes: int | None,
-                 limit: int | None = None):
+    def __init__(self, spec: str, format: str, label_key: str, task: str, num_classes: int | None):
         from ..data.urls import parse_spec
 
-        if format not in ("labelled", "json"):
-            raise ValueError(f"shards format must be 'labelled' (KEY.cls) or 'json' (KEY.json[{label_key!r}]), "
-                             f"got {format!r}")
-        self.spec, self.format, self.label_key, self.limit = spec, format, label_key, limit
+        check_shard_format(format, label_key)
+        self.spec, self.format, self.label_key = spec, format, label_key
         self.task, self.num_classes = task, num_classes
         self.sources = parse_spec(spec)
 
@@ -218,7 +240,12 @@ class ShardProbeSet:
         files = {u: [os.stat(u).st_size, os.stat(u).st_mtime_ns] for u in urls if os.path.isfile(u)}
         sizes = {u: n for s in self.sources for u, n in (s.sizes or {}).items()}
         return {"kind": "shards", "spec": self.spec, "shards": len(urls), "urls": urls, "files": files, "sizes": sizes,
-                "format": self.format, "label_key": self.label_key, "limit": self.limit}
+                "format": self.format, "label_key": self.label_key}
+
+    def count(self) -> int | None:
+        """Samples according to sizes.json (None when a shard has no size)."""
+        counts = [s.num_samples for s in self.sources]
+        return None if any(c is None for c in counts) else sum(counts)
 
     def labels(self, batch: dict) -> list:
         if self.format == "labelled":
@@ -241,27 +268,102 @@ class ShardProbeSet:
         for batch in loader:
             keep = batch["valid"]
             images, labels = batch["image"][keep], [v for v, k in zip(self.labels(batch), keep.tolist()) if k]
-            if self.limit is not None:
-                images, labels = images[:self.limit - seen], labels[:self.limit - seen]
             seen += len(labels)
             if labels:
                 yield images, to_targets(labels, self.task, self.num_classes, self.describe())
-            if self.limit is not None and seen >= self.limit:
-                break
         skipped = loader.epochs[-1]["skipped"] if loader.epochs else None
         if skipped and skipped["samples"]:
             log.warning("%s: %d unreadable samples skipped %s", self.describe(), skipped["samples"], skipped["reasons"])
 
 
-def build_probe_set(cfg: ProbeSetConfig, task: str, num_classes: int | None):
+def check_shard_format(format: str, label_key: str) -> None:
+    if format not in ("labelled", "json"):
+        raise ValueError(f"shards format must be 'labelled' (KEY.cls) or 'json' (KEY.json[{label_key!r}]), "
+                         f"got {format!r}")
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+class LimitedShardProbeSet(IndexedProbeSet):
+    """``limit`` samples of labelled shards, drawn class-stratified: one pass reads every sample's key and
+    label (no image is decoded), a second keeps the chosen samples' encoded bytes in memory (a limit is
+    for quick runs)."""
+
+    def __init__(self, spec: str, format: str, label_key: str, task: str, num_classes: int | None, limit: int,
+                 seed: int = 0):
+        from ..data.urls import parse_spec
+
+        check_shard_format(format, label_key)
+        self.spec, self.format, self.label_key, self.task, self.num_classes = spec, format, label_key, task, num_classes
+        self.urls = [u for s in parse_spec(spec) for u in s.urls]
+        keys, labels = [], []
+        for sample in self._raw():
+            keys.append(sample["__key__"])
+            labels.append(self._label(sample))
+        chosen = set(self.draw(labels, limit, seed))
+        wanted = {keys[i] for i in chosen}
+        self.items = [(s["__key__"], self._image(s), self._label(s)) for s in self._raw() if s["__key__"] in wanted]
+
+    def _raw(self):
+        from ..data.skips import SkipCounter
+        from ..data.tar import iter_shard
+        from ..data.urls import open_url
+
+        skips = SkipCounter()
+        for url in self.urls:
+            yield from iter_shard(url, open_url, skips)
+
+    def _label(self, sample: dict):
+        import json
+
+        if self.format == "labelled":
+            return int(sample["cls"])
+        meta = json.loads(sample["json"])
+        if self.label_key not in meta:
+            raise KeyError(f"{self.spec}: sample {sample['__key__']} has no {self.label_key!r} in its json")
+        return meta[self.label_key]
+
+    def _image(self, sample: dict) -> bytes:
+        for ext in IMAGE_EXTENSIONS:
+            if ext in sample:
+                return sample[ext]
+        raise ValueError(f"{self.spec}: sample {sample['__key__']} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, index: int):
+        return self.items[index][1], self.items[index][2]
+
+    def where(self, index: int) -> str:
+        return f"{self.spec} {self.items[index][0]}"
+
+    def describe(self) -> str:
+        return f"shards {self.spec} (subset)"
+
+    def identity(self) -> dict:
+        keys = hashlib.blake2b("\n".join(k for k, _, _ in self.items).encode(), digest_size=16).hexdigest()
+        files = {u: [os.stat(u).st_size, os.stat(u).st_mtime_ns] for u in self.urls if os.path.isfile(u)}
+        return {"kind": "shards", "spec": self.spec, "urls": self.urls, "files": files, "format": self.format,
+                "label_key": self.label_key, "samples": len(self.items), "keys": keys, **self.subset_identity()}
+
+
+def build_probe_set(cfg: ProbeSetConfig, task: str, num_classes: int | None, seed: int = 0):
+    """The probe set of one split; ``cfg.limit`` draws a class-stratified random subset with ``seed``."""
     if cfg.kind == "shards":
-        return ShardProbeSet(cfg.path, cfg.format, cfg.label_key, task, num_classes, cfg.limit)
+        if cfg.limit is not None:
+            return LimitedShardProbeSet(cfg.path, cfg.format, cfg.label_key, task, num_classes, cfg.limit, seed)
+        return ShardProbeSet(cfg.path, cfg.format, cfg.label_key, task, num_classes)
     if task == "multi" and cfg.kind in ("folder", "cifar10", "cifar100"):
         raise ValueError(f"{cfg.kind} sources have one class per image; task=multi needs shards (json) or hf")
     if cfg.kind == "folder":
-        return FolderProbeSet(cfg.path, cfg.limit)
+        return FolderProbeSet(cfg.path, cfg.limit, seed)
     if cfg.kind in ("cifar10", "cifar100"):
-        return CifarProbeSet(cfg.path, cfg.kind, cfg.split or "train", cfg.limit)
+        return CifarProbeSet(cfg.path, cfg.kind, cfg.split or "train", cfg.limit, seed)
     if cfg.kind == "hf":
-        return HFProbeSet(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit)
+        return HFProbeSet(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit, seed)
+    from .suites import build_suite_set  # the paper's layouts: COCO boxes, VISOR
+
+    return build_suite_set(cfg, task, num_classes, seed)
     raise ValueError(f"unknown source kind {cfg.kind!r}")

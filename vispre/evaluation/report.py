@@ -24,8 +24,9 @@ RESULTS_FILE = "results.json"
 def summary_scores(results: dict, task: str) -> dict[str, float]:
     """The flat scores: the chosen probe head on test, kNN at report_k, few-shot means and stds."""
     scores = {}
-    if "linear" in results:
-        scores.update({f"linear/{m}": round(v, 2) for m, v in results["linear"]["best"]["test"].items()})
+    for probe in ("linear", "map", "decoder"):
+        if probe in results:
+            scores.update({f"{probe}/{m}": round(v, 2) for m, v in results[probe]["best"]["test"].items()})
     if "knn" in results:
         knn = results["knn"]
         k = str(knn["report_k"])
@@ -39,7 +40,7 @@ def summary_scores(results: dict, task: str) -> dict[str, float]:
 
 
 def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dict, device: torch.device,
-                   num_classes: int) -> dict:
+                   num_classes: int, tokens: dict | None = None) -> dict:
     import timm
 
     linear, knn, fewshot = cfg.linear, cfg.knn, cfg.fewshot
@@ -55,6 +56,8 @@ def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dic
                      "precision": cfg.features.precision, "store_dtype": cfg.features.store_dtype,
                      "augmentation": "none: one centre crop per image, cached", "cache": cache},
     }
+    if tokens is not None:
+        protocol["features"]["tokens"] = tokens
     if linear.enabled:
         protocol["linear"] = {
             "learning_rates": list(linear.learning_rates), "scale_lr": f"x batch_size/256 = "
@@ -65,6 +68,10 @@ def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dic
             "weight decay 0", "schedule": "cosine to 0 over all steps (per step)", "init": "N(0, 0.01^2), bias 0",
             "loss": "cross-entropy" if cfg.task == "single" else "binary cross-entropy",
             "selection": f"best val {headline(cfg.task)}, reported on test"}
+    for name in ("map", "decoder"):
+        probe = getattr(cfg, name)
+        if probe.enabled:
+            protocol[name] = token_probe_protocol(name, probe, cfg.task)
     if knn.enabled:
         protocol["knn"] = {"ks": list(knn.ks), "temperature": knn.temperature, "similarity": "cosine",
                            "weighting": "exp(similarity / T)", "feature": "pooled feature of the last block",
@@ -78,6 +85,23 @@ def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dic
     return protocol
 
 
+def token_probe_protocol(name: str, probe, task: str) -> dict:
+    head = ("MAP: a learned query, multihead attention over the last block's tokens, LN + MLP residual "
+            "(timm AttentionPoolLatent = big_vision MAPHead), linear classifier" if name == "map" else
+            f"decoder (Beyer et al. 2023): {probe.layers} pre-LN layers (self-attention among {probe.queries} "
+            "learned query token(s), cross-attention to the last block's tokens, MLP), LN, linear classifier "
+            "on the queries' mean; one decoding step, not autoregressive text")
+    return {"head": head, "learning_rates": list(probe.learning_rates), "epochs": probe.epochs,
+            "batch_size": probe.batch_size, "attention_heads": probe.num_heads or "token dim / 64",
+            "mlp_ratio": probe.mlp_ratio,
+            "optimizer": f"AdamW (0.9, 0.999), weight decay {probe.weight_decay}, one lr per head",
+            "schedule": f"linear warm-up over {probe.warmup_epochs:g} epoch(s), then cosine to 0 (per step)",
+            "init": "one draw (seed) copied to every head; classifier zero-initialised",
+            "loss": "cross-entropy" if task == "single" else "binary cross-entropy (a sigmoid per class)",
+            "training": "every head in one pass over the tokens (vispre.evaluation.grid)",
+            "selection": f"best val {headline(task)}, reported on test"}
+
+
 def format_table(results: dict, task: str) -> str:
     """A short human summary of a results.json dict."""
     key = headline(task)
@@ -87,10 +111,14 @@ def format_table(results: dict, task: str) -> str:
              + f", {results['protocol']['resolution']} px"]
     sizes = results["protocol"]["data"]["sizes"]
     lines.append("  images: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
-    if "linear" in results:
-        best = results["linear"]["best"]
-        metrics = "  ".join(f"{m} {v:6.2f}" for m, v in best["test"].items())
-        lines.append(f"  linear   {metrics}   [{best['variant']}, lr {best['lr']:g}, val {key} {best['val'][key]:.2f}]")
+    for probe in ("linear", "map", "decoder"):
+        if probe in results:
+            best = results[probe]["best"]
+            metrics = "  ".join(f"{m} {v:6.2f}" for m, v in best["test"].items())
+            lines.append(f"  {probe:<8} {metrics}   [{best['variant']}, lr {best['lr']:g}, val {key} "
+                         f"{best['val'][key]:.2f}]")
+    if "chance" in results:
+        lines.append(f"  chance   {key} {results['chance'][key]:6.2f} ({results['chance']['rule']})")
     if "knn" in results:
         for k, metrics in results["knn"]["per_k"].items():
             mark = " *" if int(k) == results["knn"]["report_k"] else ""

@@ -22,10 +22,10 @@ from .grid import batch_order
 MIB = 2**20
 
 
-def token_shape(encoder, transform) -> tuple[int, int]:
+def token_shape(encoder, transform, device="cpu") -> tuple[int, int]:
     """(T, D) of the last block's tokens at the transform's size (one forward of a blank image)."""
-    x = torch.zeros(1, 3, transform.size, transform.size)
-    m = encoder.eval().to("cpu")
+    x = torch.zeros(1, 3, transform.size, transform.size, device=device)
+    m = encoder.eval().to(device)
     with torch.no_grad():
         tokens = extract_batch(m, x, 1, tokens=True)[2]
     return tokens.shape[1], tokens.shape[2]

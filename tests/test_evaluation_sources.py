@@ -118,3 +118,32 @@ def test_folder_and_hf_sources(tmp_path):
     crops, targets = next(hf.batches(EvalTransform(24), 5, 0))
     assert hf.num_classes == 3 and targets.tolist() == [0, 1, 2, 0, 1] and crops.shape == (5, 3, 24, 24)
     assert hf.identity()["fingerprint"]
+
+
+# ------------------------------------------------------------------------------ stratified limits
+
+
+def test_limit_draws_every_class_from_class_sorted_data(tmp_path):
+    """Class-sorted shards (all of class 0, then 1, then 2): the first 30 would be one class."""
+    from tests.test_evaluation import png
+    from vispre.data.shard_writer import update_sizes, write_shard
+    from vispre.evaluation.probe_data import build_probe_set
+    from vispre.evaluation.probe_recipe import ProbeSetConfig
+    from vispre.evaluation.subsets import stratified_subset
+
+    rs = np.random.RandomState(0)
+    samples = [{"__key__": f"k{i:04d}", "png": png(coloured(i // 40, rs)), "cls": i // 40} for i in range(120)]
+    counts = {f"part-{s}.tar": write_shard(tmp_path / f"part-{s}.tar", samples[s * 60:(s + 1) * 60]) for s in (0, 1)}
+    update_sizes(tmp_path, counts)
+    probe_set = build_probe_set(ProbeSetConfig(kind="shards", path=str(tmp_path), limit=30), "single", None, seed=3)
+    _, targets = next(probe_set.batches(EvalTransform(24), 100, 0))
+    assert len(targets) == 30 and torch.bincount(targets).tolist() == [10, 10, 10]
+    assert probe_set.identity()["subset"] == "30 of 120, class-stratified random (seed 3), 3 of 3 classes"
+    other = build_probe_set(ProbeSetConfig(kind="shards", path=str(tmp_path), limit=30), "single", None, seed=4)
+    assert [k for k, *_ in other.items] != [k for k, *_ in probe_set.items]  # a random draw, seeded
+    # proportional shares, at least one per class, rare labels first for multi-label sets
+    labels = [0] * 90 + [1] * 9 + [2]
+    chosen = stratified_subset(labels, 10, seed=0)
+    assert sorted(torch.bincount(torch.tensor([labels[i] for i in chosen])).tolist()) == [1, 1, 8]
+    multi = [[0, 1]] * 50 + [[0, 2]] * 2
+    assert any(2 in multi[i] for i in stratified_subset(multi, 5, seed=0, task="multi"))

@@ -79,3 +79,36 @@ def test_token_grid_equals_each_head_trained_alone(kind, task):
             assert (logits - together[:, i]).abs().max() < 1e-4, (kind, lr)
             assert (logits - together[:, 0]).abs().max() > 1e-2 or i == 0  # the learning rates matter
             assert torch.equal(logits.argmax(1), together[:, i].argmax(1))
+
+
+def test_tokens_streamed_over_the_budget_and_compare(tmp_path):
+    """Over features.token_budget_mib the tokens are streamed from the encoder (and the protocol says so);
+    under it they are cached. The MAP score is in results.json either way; eval compare tabulates both."""
+    from tests.test_evaluation import tiny_vit, write_labelled_shards
+    from vispre.evaluation import ProbeRecipe, evaluate
+    from vispre.evaluation.compare import compare
+    from vispre.utils.typed_config import load_config
+
+    train = write_labelled_shards(tmp_path / "train", 60, seed=0)
+    test = write_labelled_shards(tmp_path / "test", 30, seed=1)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"name: tiny\ntrain: {{path: {train}}}\ntest: {{path: {test}}}\nval_fraction: 0.2\n"
+                      f"features: {{batch_size: 16, workers: 0, n_last_blocks: 2, cache_dir: {tmp_path / 'cache'}}}\n"
+                      "linear: {n_last_blocks: [1], avgpool: [false], epochs: 3, learning_rates: [0.1]}\n"
+                      "knn: {enabled: false}\n"
+                      "map: {enabled: true, learning_rates: [0.003], epochs: 4, batch_size: 16}\n")
+    runs = {}
+    for name, budget in (("streamed", 0.01), ("cached", 100)):
+        cfg = load_config(ProbeRecipe, recipe, [f"features.token_budget_mib={budget}"])
+        runs[name] = evaluate(cfg, tiny_vit(), tmp_path / name)
+        tokens = runs[name]["protocol"]["features"]["tokens"]
+        assert tokens["mode"] == name and runs[name]["map"]["tokens"] == name
+        assert tokens["mib"] == pytest.approx(90 * 17 * 192 * 2 / 2**20, abs=0.05)  # 90 images, CLS + 16 patches
+        assert runs[name]["scores"]["map/top1"] >= 90.0  # three colours
+    assert {c["cache"] for c in runs["streamed"]["protocol"]["features"]["cache"].values()} == {"miss"}
+    written = compare([str(tmp_path / "streamed"), str(tmp_path / "cached" / "results.json")], tmp_path / "cmp")
+    table = written["markdown"].read_text().splitlines()
+    assert table[0] == "| encoder | eval | metric | linear | map | chance |" and len(table) == 4
+    assert f"{runs['cached']['scores']['map/top1']:.2f}" in table[3]
+    assert written["csv"].read_text().splitlines()[0] == "encoder,eval,metric,linear,map,chance"
+    assert written["chart"].read_bytes()[:4] == b"\x89PNG"

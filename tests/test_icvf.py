@@ -106,6 +106,11 @@ def test_clip_sampler_frames_rewards_and_masks():
             for kind, got in (("g_kind", goal_px[i]), ("z_kind", intent_px[i])):
                 if batch[kind][i] == RANDOM:  # another clip's pool frame
                     assert got[1] != i and torch.equal(got, pool[got[1]])
+        # intents from the same video: a random intent is the sample's own clip's pool frame
+        same = resolve_random(batch, torch.Generator().manual_seed(rep), intent_same_clip=True)
+        own = same["intent"][:, :2, 0, 0].long()
+        random_z = batch["z_kind"] == RANDOM
+        assert torch.equal(own[random_z], pool[random_z]) and (own[random_z][:, 1] == torch.arange(8)[random_z]).all()
         hit_g = (batch["g_kind"] != RANDOM) & (batch["g_index"] == batch["t"])
         hit_z = (batch["z_kind"] != RANDOM) & (batch["z_index"] == batch["t"])
         assert torch.equal(q["reward_g"], hit_g.float() - 1) and torch.equal(q["mask_g"], 1 - hit_g.float())

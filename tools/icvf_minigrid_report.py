@@ -1,9 +1,13 @@
 """ICVF on the embedded MiniGrid video, measured: ``python tools/icvf_minigrid_report.py``.
 
 1. builds the video if needed (``vispre.envs.build_minigrid_video``, the defaults of
-   tools/make_minigrid_video.py) under ``--data``;
+   tools/make_minigrid_video.py) under ``--data``, in one of two settings (``--setting``):
+   * ``held_out`` (default): the 8 offline-RL evaluation layouts and 8 validation layouts are kept out of
+     the train split by layout identity (``vispre.envs.layouts``): generalisation to unseen layouts;
+   * ``in_domain``: nothing is held out, the video contains every evaluation layout (the ICVF paper's
+     passive in-domain video); the val split's layouts then also occur in training;
 2. pretrains with ``--recipe`` (recipes/minigrid/icvf.yaml) unless ``--skip-train``, timing it;
-3. measures, on held-out frames (the ``-val`` split: layouts and episodes never trained on):
+3. measures, on the ``-val`` split's frames (other episodes; other layouts in the held-out setting):
    * Spearman's rank correlation of V(s, g, g) (target network, ensemble mean) with minus the
      true shortest-path distance from s's state to g's state (BFS over (x, y, heading, ...)),
      for random (s, g) frame pairs of one episode, and for pairs with g later than s;
@@ -29,6 +33,7 @@ import torch
 
 from vispre.data.trajectories import load_trajectories
 from vispre.envs import Behaviour, Oracle, build_minigrid_video, get_task, make_env, reset
+from vispre.envs.layouts import LayoutHoldout
 from vispre.methods import build_method
 from vispre.models import build_encoder
 from vispre.pretrain.checkpoint import find_checkpoint, load_checkpoint
@@ -37,6 +42,8 @@ from vispre.utils.diagnostics import spearman
 from vispre.utils.typed_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# the two settings of issue 15: a video without the evaluation (and validation) layouts, and one with them
+SETTINGS = {"held_out": LayoutHoldout(eval=8, val=8), "in_domain": LayoutHoldout()}
 
 
 # -- networks -------------------------------------------------------------------------------------------
@@ -158,7 +165,10 @@ def measure(method, train: dict, val: dict, pairs: tuple, probe_rows: np.ndarray
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "minigrid" / "icvf.yaml"))
-    parser.add_argument("--data", default="runs/minigrid/video", help="the video (built here if missing)")
+    parser.add_argument("--setting", choices=SETTINGS, default="held_out",
+                        help="held_out: evaluation and validation layouts kept out of the video; in_domain: not")
+    parser.add_argument("--data", default=None, help="the video (built here if missing; default "
+                                                    "runs/minigrid/video-SETTING)")
     parser.add_argument("--skip-train", action="store_true", help="measure the run already in train.output_dir")
     parser.add_argument("--pairs", type=int, default=5000, help="held-out (s, g) pairs for the Spearman")
     parser.add_argument("--probe-frames", type=int, default=10000, help="training frames for the probes")
@@ -167,12 +177,14 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    info = build_minigrid_video(args.data, behaviour=Behaviour())  # reused when up to date
-    data = Path(args.data)
+    data = Path(args.data or f"runs/minigrid/video-{args.setting}")
+    info = build_minigrid_video(data, behaviour=Behaviour(), holdout=SETTINGS[args.setting])  # reused when up to date
     name = f"{info['params']['task']}-{info['params']['behaviour']['kind']}"
     cfg = load_recipe(args.recipe, args.overrides)
     spec = data / f"{name}.npz" if cfg.data.format == "trajectories" else data / "clips"
     cfg = load_recipe(args.recipe, [f"data.spec={spec}", *args.overrides])
+    if not any(o.startswith("train.output_dir=") for o in args.overrides):  # one run per setting
+        cfg.train.output_dir = f"{cfg.train.output_dir}-{args.setting}"
     run = Path(cfg.train.output_dir)
     wall = None
     if not args.skip_train:
@@ -186,7 +198,10 @@ def main(argv=None) -> None:
     train, val = load_trajectories(data / f"{name}.npz"), load_trajectories(data / f"{name}-val.npz")
     pairs = episode_pairs(val, task, args.pairs)
     rows = np.sort(np.random.default_rng(0).permutation(len(train["observations"]))[:args.probe_frames])
-    report = {"recipe": args.recipe, "run": str(run), "steps": step, "train_wall_seconds": wall,
+    report = {"recipe": args.recipe, "setting": args.setting, "holdout": info["params"]["holdout"],
+              "train_layouts": info["splits"]["train"]["distinct_layouts"],
+              "val_layouts": info["splits"]["val"]["distinct_layouts"],
+              "run": str(run), "steps": step, "train_wall_seconds": wall,
               "val_frames": len(val["observations"]), "pairs": len(pairs[0]),
               "icvf": measure(method, train, val, pairs, rows),
               "random_init": measure(initial_method(cfg), train, val, pairs, rows)}

@@ -121,13 +121,15 @@ class ClipQuadruples:
         return sample
 
 
-def resolve_random(batch: dict, generator: torch.Generator | None = None) -> dict:
+def resolve_random(batch: dict, generator: torch.Generator | None = None, intent_same_clip: bool = False) -> dict:
     """Fill random goals and intents with the POOL frame of another sample of the batch, and add
     rewards and masks: r = 0 and mask = 0 where the goal is reached (index identity), else -1, 1.
 
     The other sample is sample (i + k) mod B, k uniform in 1..B-1, drawn separately for s+ and z
-    (s+ follows z where it was set to z). Returns s, s_next, goal, intent uint8 [B, 3, H, W] and
-    reward_g, mask_g, reward_z, mask_z float [B].
+    (s+ follows z where it was set to z). ``intent_same_clip``: a random intent is the sample's own POOL
+    frame instead (a uniform frame of its own clip: intents from the same video, as the video ICVF code
+    samples them). Returns s, s_next, goal, intent uint8 [B, 3, H, W] and reward_g, mask_g, reward_z,
+    mask_z float [B].
     """
     frames = batch["frames"]
     b = frames.shape[0]
@@ -142,6 +144,8 @@ def resolve_random(batch: dict, generator: torch.Generator | None = None) -> dic
 
     z_kind, g_kind = batch["z_kind"].to(frames.device), batch["g_kind"].to(frames.device)
     z_pool, g_pool = other(), other()
+    if intent_same_clip:
+        z_pool = frames[:, POOL]
     intent = fill(INTENT, z_kind, z_pool)
     same = batch["g_is_z"].to(frames.device).view(-1, 1, 1, 1)
     goal = torch.where(same, intent, fill(GOAL, g_kind, g_pool))

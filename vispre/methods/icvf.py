@@ -55,6 +55,7 @@ class ICVFConfig:
     future: str = "uniform"  # uniform (release) | uniform_after | geometric (offsets ~ Geom(1 - discount))
     p_same: float = 0.5  # s+ := z
     crop_pad: int = 0  # random shift of each of s, s', s+, z on its own (the video code: 16 px at 128 px frames)
+    intent_same_video: bool = False  # random intents from the sample's own clip (the video code); clip data only
     features: str = "pooled"  # pooled: the encoder's pooled feature | grid: its last map pooled to grid x grid
     grid: int = 4  # features: grid; phi's input is then C * grid^2 (MiniGrid: the 4x4 map, kept whole)
     diagnostic_pairs: int = 2000  # (s, g) pairs for the value/distance rank correlations
@@ -97,6 +98,9 @@ class ICVF(Method):
         if second is not None:
             raise ValueError("method icvf reads one stream: annotation_data must not be set")
         if cfg.format == formats.TRAJECTORIES:
+            if self.cfg.intent_same_video:
+                raise ValueError("method.icvf.intent_same_video needs clip data (data.format: clip): a trajectory "
+                                 "array's random frames are not drawn per clip")
             self.trajectories = TrajectoryLoader(cfg.spec, self.mix, cfg.batch_size, rank=rank, world_size=world_size,
                                                  seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch,
                                                  frame_size=cfg.frame_size)
@@ -115,7 +119,8 @@ class ICVF(Method):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg, device = self.cfg, next(self.parameters()).device
         frames = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        q = resolve_random(frames, step_generator("cpu", self.seed, self.step, self.rank, "goals"))
+        q = resolve_random(frames, step_generator("cpu", self.seed, self.step, self.rank, "goals"),
+                           intent_same_clip=cfg.intent_same_video)
         if cfg.no_intent:
             q["intent"] = torch.zeros_like(q["intent"])
         b = q["s"].shape[0]

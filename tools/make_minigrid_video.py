@@ -5,8 +5,9 @@ Noisy shortest-path rollouts rendered as full-grid 64x64 RGB frames, written as 
 positions and shortest-path distances in the metadata. Thin wrapper over
 ``vispre.envs.build_minigrid_video``; an up-to-date OUT_DIR is reused. ``--holdout-eval 8 --holdout-val 8``
 keeps the offline-RL evaluation layouts and the validation layouts out of the train split (by layout identity,
-``vispre.envs.layouts``); without them the video is the in-domain setting and contains every evaluation layout. The default (SimpleCrossing
-9x9, 500 + 50 episodes of play, ~48k frames) takes about a minute on one core.
+``vispre.envs.layouts``); without them the video is the in-domain setting and contains every evaluation
+layout. The default (SimpleCrossing 9x9, 500 + 50 episodes of play, ~48k frames) takes about a minute on one
+core.
 """
 
 from __future__ import annotations

@@ -33,16 +33,19 @@ demo: $(STAMP)
 	@echo "AB_DINO run: $(DEMO)/ab_dino (checkpoints/, metrics.jsonl, tensorboard events)"
 	@echo "exported encoder (timm local-dir): $(DEMO)/export; scores and plots: $(DEMO)/export/eval/"
 
-# ICVF on the embedded MiniGrid video (~1 min to make it, ~8 min to train), its report, and the export.
+# ICVF on the embedded MiniGrid video in both settings (held_out: evaluation and validation layouts kept out of
+# the video; in_domain: not), our CPU recipe, reports and exports (~1 min per video, ~8 min per run when idle).
+ICVF_RECIPE ?= recipes/minigrid/icvf_cpu.yaml
+ICVF_RUN ?= runs/minigrid/icvf_cpu
 icvf: $(STAMP)
-	$(PY) tools/icvf_minigrid_report.py
-	$(VENV)/bin/vispre export runs/minigrid/icvf runs/minigrid/icvf-export
+	for s in held_out in_domain; do \
+		$(PY) tools/icvf_minigrid_report.py --setting $$s --recipe $(ICVF_RECIPE) && \
+		$(VENV)/bin/vispre export $(ICVF_RUN)-$$s $(ICVF_RUN)-$$s-export || exit 1; done
 
-# Offline RL from pixels: scratch vs the ICVF export vs the demo's AB_DINO export, 3 seeds (~20 min).
+# Offline RL from pixels: scratch vs frozen ICVF (both settings) vs random weights, 3 seeds (~25 min when idle).
 rl-compare: $(STAMP)
-	test -f runs/minigrid/icvf-export/config.json || $(MAKE) icvf
-	test -f $(DEMO)/export/config.json || $(MAKE) demo
-	$(VENV)/bin/vispre eval eval/offline_rl_minigrid_compare.yaml arms.2.encoder=$(DEMO)/export
+	test -f $(ICVF_RUN)-held_out-export/config.json -a -f $(ICVF_RUN)-in_domain-export/config.json || $(MAKE) icvf
+	$(VENV)/bin/vispre eval eval/offline_rl_minigrid_compare.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

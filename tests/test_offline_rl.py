@@ -281,7 +281,8 @@ def test_recipes_load_and_bad_fields_are_named():
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", ["agent.stepz=3"])
     # an override reaches one item of a list the recipe defines (make rl-compare sets arms.2.encoder)
     compare = load_offline_rl_config(ROOT / "eval/offline_rl_minigrid_compare.yaml", ["arms.2.encoder=elsewhere"])
-    assert [a.encoder for a in compare.arms] == ["", "runs/minigrid/icvf-export", "elsewhere"]
+    held_out = "runs/minigrid/icvf_cpu-held_out-export"
+    assert [a.encoder for a in compare.arms] == ["", held_out, "elsewhere", held_out]
     assert compare.arms[1].features == "phi" and compare.agent.steps == cpu.agent.steps  # the rest from _base_
     with pytest.raises(ConfigError, match=r"arms\.x\.encoder"):
         load_offline_rl_config(ROOT / "eval/offline_rl_minigrid_compare.yaml", ["arms.x.encoder=elsewhere"])

@@ -9,6 +9,8 @@ import sys
 from tqdm import tqdm
 
 from ..data.inspect import format_report, inspect_spec
+from ..data.skips import FAILED_SHARD
+from ..utils.errors import EXIT_FAILURE
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -32,4 +34,10 @@ def run(args: argparse.Namespace) -> int:
     report = inspect_spec(args.spec, decode=args.decode, allow_pipe=args.allow_pipe,
                           write_sizes=args.write_sizes, progress=progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    failed = [s["url"] for s in report["shards"] if set(s["skipped"]) & FAILED_SHARD]
+    if failed or not report["shards"]:
+        print(f"vispre shards inspect: error: {len(failed)} of {len(report['shards'])} shards could not be read "
+              f"(missing, unreadable or corrupt): {', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return 0

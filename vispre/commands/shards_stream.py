@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from tqdm import tqdm
 
 from ..data import CropGroup, DataConfig, build_loader
 from ..data.formats import FORMATS
+from ..utils.errors import EXIT_FAILURE
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -64,4 +66,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{e['skipped']['samples']} skipped {e['skipped']['reasons'] or ''}")
         print(f"{samples} samples in {seconds:.1f} s: {report['samples_per_s']} samples/s "
               f"({args.workers} workers)")
+    failed = sorted({url for e in loader.epochs for url in e["skipped"]["failed_shards"]})
+    if failed or not samples:
+        print(f"vispre shards stream: error: {len(failed)} shards could not be read (missing, unreadable or "
+              f"corrupt), {samples} samples read: {', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return 0

@@ -9,6 +9,7 @@ prefetched) is JSON, so checkpoints never need pickle.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -21,6 +22,14 @@ from .stream import ShardStream
 log = logging.getLogger("vispre.data")
 
 STATE_VERSION = 1
+# The training process stops on these (finishes its step, saves, exits); a worker that died of one would
+# take the batch being fetched with it, so workers leave them to the training process.
+TRAINING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def _worker_ignores_signals(worker_id: int) -> None:
+    for sig in TRAINING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StreamLoader:
@@ -69,7 +78,8 @@ class StreamLoader:
         self.stream.resume = dict(self.positions)
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            worker_init_fn=_worker_ignores_signals if self.num_workers else None)
         yielded = sum(b for _, b in self.positions.values())
         samples, last = 0, None
         for batch in self._in_turn(loader):

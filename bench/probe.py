@@ -1,20 +1,25 @@
-"""Linear-probe cost: the whole grid in one pass against the same grid one head at a time, same data.
+"""Probe-grid cost: the whole learning-rate grid in one pass against the same heads trained one at a
+time on the same features, for the linear probe and the MAP probe, side by side in one run.
 
-    python bench/probe.py                                   # CPU: ViT-Tiny at 48 px on 4000 synthetic images
+    python bench/probe.py                                   # CPU: ViT-Tiny/8 at 48 px on 4000 synthetic images
     python bench/probe.py --data runs/demo/data/digits-train
-    python bench/probe.py --device cuda --model vit_base_patch16_224 --img-size 224 --patch 16 --images 50000 \\
-        --classes 1000 --batch 1024 --epochs 10 --lrs dinov2
+    python bench/probe.py --device cuda --model vit_small_patch16_224 --img-size 224 --patch 16 --images 20000 \\
+        --classes 1000 --batch 1024 --epochs 10 --lrs dinov2 --map-batch 512
 
-Features are extracted once (timed), then the grid (learning rates x {last 1, last 4 blocks} x {with,
-without the mean patch token}) is fitted two ways: vispre's one pass (every head in one batched
-matmul per input variant, ``train_grid``) and the naive way (``train_single_head`` per head: its own
-nn.Linear, torch.optim.SGD and scheduler, its own pass over the data). Both see the same mini-batches
-and do the same maths; the largest weight difference per learning rate is printed as a check. It stays
-at float rounding for stable rates; at large ones (lr * |x|^2 >> 1) the trajectory is chaotic and
-rounding grows (on the demo digits, changing the naive head's own lr 0.1 by 1e-7 relative moves its
-weights by ~0.1 after 20 epochs), so differences there do not mean different maths; the unit tests
-check the grid against single heads in a stable regime. Peak memory: CUDA's max allocated per phase;
-on CPU the process's peak RSS (it only grows, so later rows are upper bounds).
+Features (pooled and the last block's tokens, float16) are extracted once (timed). Linear: the grid
+(learning rates x {last 1, last 4 blocks} x {with, without the mean patch token}) fitted by vispre's
+one pass (one gather and one matmul per input variant per step, ``train_grid``) and the naive way
+(``train_single_head`` per head: its own nn.Linear, torch.optim.SGD, scheduler and pass over the
+data). MAP: the naive way is one timm AttentionPoolLatent + classifier per learning rate with
+torch.optim.AdamW (``train_reference``); vispre's grid stacks the heads and folds the attention so
+no token is projected (vispre.evaluation.stacked). The middle MAP row runs the folded head alone,
+once per learning rate, to show how much of the gain is the folding and how much the one pass.
+All rows see the same mini-batches and do the same maths; the largest difference per learning rate
+(linear: weights; MAP: test logits) is printed as a check. It stays at float rounding for stable
+rates; at large linear rates (lr * |x|^2 >> 1) the trajectory is chaotic and rounding grows, so
+differences there do not mean different maths (the unit tests check the grids against single heads
+in a stable regime). Peak memory: CUDA's max allocated per phase; on CPU the process's peak RSS (it
+only grows, so later rows are upper bounds).
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ import time
 import torch
 
 from vispre.evaluation import EvalTransform, Features, Variant, extract, train_grid, train_single_head
-from vispre.evaluation.probe_recipe import DINOV2_LRS
+from vispre.evaluation.grid import GridOptimizer, fit, train_reference
+from vispre.evaluation.probe_recipe import DINOV2_LRS, MapConfig
+from vispre.evaluation.token_probe import attention_heads, make_grid, make_head, optim_config, warmup_steps
+from vispre.evaluation.tokens import CachedTokens
 from vispre.models import build_encoder
 
 DEMO_LRS = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0]  # eval/demo_digits.yaml
+MAP_LRS = [1e-4, 3e-4, 1e-3, 3e-3]  # MapConfig's default grid
 
 
 class SyntheticImages:
@@ -80,6 +89,8 @@ def main():
     parser.add_argument("--lrs", default="demo", help="demo (10 rates, eval/demo_digits.yaml) | dinov2 (13)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--map-epochs", type=int, default=5)
+    parser.add_argument("--map-batch", type=int, default=256)
     parser.add_argument("--extract-batch", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -100,8 +111,9 @@ def main():
 
     features, extract_s, extract_mem = timed(device, lambda: extract(
         encoder, source, transform, n_blocks=4, batch_size=args.extract_batch, workers=1 if args.data else 0,
-        device=device, precision="auto"))
+        device=device, precision="auto", tokens=True))
     classes = int(features.targets.max()) + 1
+    tokens = CachedTokens(features.tokens, features.targets)
     features = Features(features.blocks, features.patch_mean, features.targets).to(device)
     variants = [Variant(n, a) for n in (1, 4) for a in (False, True)]
     common = dict(task="single", num_classes=classes, epochs=args.epochs, batch_size=args.batch, device=device)
@@ -114,21 +126,68 @@ def main():
     with torch.no_grad():
         diff = {lr: max(float((singles[v, lr].weight.T - heads[v].head(i)[0]).abs().max()) for v in variants)
                 for i, lr in enumerate(lrs)}
+    map_rows, map_diff = bench_map(tokens, classes, args, device)
 
     steps = args.epochs * -(-len(features) // args.batch)
     n_heads = len(variants) * len(lrs)
-    print(f"{args.model} @ {args.img_size}px on {source.describe()} ({len(features)} images, {classes} classes), "
-          f"{device}, {torch.get_num_threads()} threads")
-    print(f"grid: {len(lrs)} lrs x {len(variants)} input variants = {n_heads} heads, {args.epochs} epochs "
+    print(f"{args.model} @ {args.img_size}px on {source.describe()} ({len(features)} images, {classes} classes, "
+          f"tokens {list(tokens.tokens.shape[1:])}), {device}, {torch.get_num_threads()} threads; "
+          f"extraction {extract_s:.1f} s, {extract_mem:.0f} MiB peak")
+    print(f"linear: {len(lrs)} lrs x {len(variants)} input variants = {n_heads} heads, {args.epochs} epochs "
           f"= {steps} steps of {args.batch}")
-    print(f"{'':<28}{'extract s':>10}{'fit s':>10}{'total s':>10}{'peak MiB':>10}")
-    print(f"{'one pass (vispre)':<28}{extract_s:>10.2f}{grid_s:>10.2f}{extract_s + grid_s:>10.2f}{grid_mem:>10.0f}")
-    print(f"{'one head at a time (naive)':<28}{extract_s:>10.2f}{naive_s:>10.2f}{extract_s + naive_s:>10.2f}"
-          f"{naive_mem:>10.0f}")
-    total_ratio = (extract_s + naive_s) / (extract_s + grid_s)
-    print(f"naive / one pass: fit {naive_s / grid_s:.2f}x, extract + fit {total_ratio:.2f}x; "
-          f"extraction alone {extract_mem:.0f} MiB peak")
-    print("max |W_grid - W_naive| per learning rate: " + ", ".join(f"{lr:g}: {d:.1e}" for lr, d in diff.items()))
+    map_steps = tokens.steps(args.map_batch, args.map_epochs)
+    print(f"MAP: {len(MAP_LRS)} lrs, {args.map_epochs} epochs = {map_steps} steps of {args.map_batch}, "
+          f"{attention_heads(MapConfig(), tokens.dim)} attention heads")
+    print(f"{'':<44}{'fit s':>9}{'naive / this':>14}{'peak MiB':>10}")
+    rows = [("linear: one head at a time (naive)", naive_s, naive_mem), ("linear: one pass (vispre)", grid_s, grid_mem)]
+    for label, seconds, mem in rows:
+        print(f"{label:<44}{seconds:>9.2f}{naive_s / seconds:>13.2f}x{mem:>10.0f}")
+    for label, seconds, mem in map_rows:
+        print(f"{label:<44}{seconds:>9.2f}{map_rows[0][1] / seconds:>13.2f}x{mem:>10.0f}")
+    print(f"one pass vs one head at a time: linear {naive_s / grid_s:.2f}x, MAP {map_rows[0][1] / map_rows[-1][1]:.2f}x"
+          f" (fit only; extraction is shared)")
+    print("linear max |W_grid - W_naive| per lr: " + ", ".join(f"{lr:g}: {d:.1e}" for lr, d in diff.items()))
+    print("MAP max |logits_grid - logits_naive| per lr: " + ", ".join(f"{lr:g}: {d:.1e}" for lr, d in map_diff.items()))
+
+
+def bench_map(tokens, classes: int, args, device):
+    """(rows, logit differences): timm heads one at a time, the folded head one at a time, the one-pass grid."""
+    cfg = MapConfig(learning_rates=MAP_LRS, epochs=args.map_epochs, batch_size=args.map_batch)
+    total = tokens.steps(cfg.batch_size, cfg.epochs)
+    warmup = warmup_steps(cfg, total)
+    head = make_head("map", cfg, tokens.dim, classes, seed=0)
+    probe_x = tokens.tokens[:256].to(device)
+
+    def naive():
+        out = {}
+        for lr in MAP_LRS:
+            alone = make_head("map", cfg, tokens.dim, classes, seed=0).to(device)
+            train_reference(alone, tokens.batches(cfg.batch_size, cfg.epochs, 0, device), total, task="single",
+                            lr=lr, optim=optim_config(cfg), warmup=warmup)
+            out[lr] = alone
+        return out
+
+    def folded_alone():
+        for lr in MAP_LRS:
+            grid = make_grid("map", head, [lr]).to(device)
+            fit(grid, GridOptimizer(grid.param_lrs(), optim_config(cfg)),
+                tokens.batches(cfg.batch_size, cfg.epochs, 0, device), total, task="single", warmup=warmup)
+
+    def one_pass():
+        grid = make_grid("map", head, MAP_LRS).to(device)
+        fit(grid, GridOptimizer(grid.param_lrs(), optim_config(cfg)),
+            tokens.batches(cfg.batch_size, cfg.epochs, 0, device), total, task="single", warmup=warmup)
+        return grid
+
+    singles, naive_s, naive_mem = timed(device, naive)
+    _, folded_s, folded_mem = timed(device, folded_alone)
+    grid, grid_s, grid_mem = timed(device, one_pass)
+    with torch.no_grad():
+        together = grid(probe_x)
+        diff = {lr: float((singles[lr](probe_x) - together[:, i]).abs().max()) for i, lr in enumerate(MAP_LRS)}
+    rows = [("MAP: timm head, one at a time (naive)", naive_s, naive_mem),
+            ("MAP: folded head, one at a time", folded_s, folded_mem), ("MAP: one pass (vispre)", grid_s, grid_mem)]
+    return rows, diff
 
 
 if __name__ == "__main__":

@@ -84,32 +84,40 @@ class GridOptimizer:
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
+        """One step of every head; the elementwise work is done with torch's foreach kernels over all
+        parameters at once, the per-head learning rate applied in the last multiply."""
         self.t += 1
         cfg = self.cfg
+        params = [p for p, _ in self.params]
+        grads = [p.grad for p in params]
         if cfg.kind == "sgd":
+            if cfg.weight_decay:
+                raise ValueError("sgd with weight decay is not used by any probe")
             if self.state is None:  # torch.optim.SGD: the first buffer is the gradient itself
-                self.state = [[p.grad.clone()] for p, _ in self.params]
+                self.state = [torch._foreach_mul(grads, 1.0)]
             else:
-                for (buf,), (p, _) in zip(self.state, self.params):
-                    buf.mul_(cfg.momentum).add_(p.grad)
-            for (buf,), (p, lr) in zip(self.state, self.params):
-                if cfg.weight_decay:
-                    raise ValueError("sgd with weight decay is not used by any probe")
-                p.sub_(lr * factor * buf)
+                torch._foreach_mul_(self.state[0], cfg.momentum)
+                torch._foreach_add_(self.state[0], grads)
+            for buf, (p, lr) in zip(self.state[0], self.params):
+                p.addcmul_(lr, buf, value=-factor)
                 p.grad = None
             return
         if self.state is None:
-            self.state = [[torch.zeros_like(p), torch.zeros_like(p)] for p, _ in self.params]
+            self.state = [torch._foreach_mul(params, 0.0), torch._foreach_mul(params, 0.0)]
+        m, v = self.state
         beta1, beta2 = cfg.betas
         correction1, correction2 = 1 - beta1 ** self.t, 1 - beta2 ** self.t
-        for (m, v), (p, lr) in zip(self.state, self.params):
-            step_lr = lr * factor
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(correction2))
+        torch._foreach_add_(denom, cfg.eps)
+        update = torch._foreach_div(m, denom)
+        for u, (p, lr) in zip(update, self.params):
             if cfg.weight_decay:
-                p.mul_(1 - step_lr * cfg.weight_decay)
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (v.sqrt() / math.sqrt(correction2)).add_(cfg.eps)
-            p.sub_(step_lr / correction1 * m / denom)
+                p.mul_(1 - lr * (factor * cfg.weight_decay))
+            p.addcmul_(lr, u, value=-factor / correction1)
             p.grad = None
 
 

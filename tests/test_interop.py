@@ -5,6 +5,7 @@ card goes through huggingface_hub, ONNX takes two image sizes, public weights by
 Everything runs offline on tiny models (HF_HUB_OFFLINE=1, see conftest.py)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,61 @@ def test_timm_create_dataset_reads_vispre_shards_with_their_sizes(tmp_path):
     assert all(isinstance(image, Image.Image) for image, _ in samples)
     train = timm.data.create_dataset("wds/vispre", root=str(out), split="extra", is_training=True, batch_size=1)
     assert len(train) == 3 and len(list(train)) == 3
+
+
+# -- open_clip's training loader -------------------------------------------------------------------------------
+def _coco_shards(tmp_path, n=6, per_shard=2):
+    """COCO-style captions (3 per image) -> vispre caption shards; returns (folder, {first caption})."""
+    from vispre.data.convert import write_shards
+    from vispre.data.sources import CocoSource
+
+    images = tmp_path / "coco"
+    images.mkdir()
+    for i in range(n):
+        _image(100 + i, (28, 36)).save(images / f"{i:012d}.jpg")
+    annotations = [(i, f"photo {i} caption {j}") for j in range(3) for i in range(n)]
+    coco = {"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in range(n)],
+            "annotations": [{"id": k, "image_id": i, "caption": c} for k, (i, c) in enumerate(annotations)]}
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    out = tmp_path / "shards"
+    write_shards(CocoSource(tmp_path / "captions.json", images), out, samples_per_shard=per_shard, progress=False)
+    return out, {f"photo {i} caption 0" for i in range(n)}
+
+
+def test_open_clip_training_loader_reads_vispre_caption_shards(tmp_path):
+    import argparse
+
+    import open_clip
+    from open_clip_train import data  # shipped in the open_clip_torch wheel (pandas comes with datasets)
+
+    out, first_captions = _coco_shards(tmp_path)
+    urls = str(out / "shard-{00000..00002}.tar")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    args = argparse.Namespace(train_data=urls, val_data=urls, dataset_resampled=False, train_num_samples=None,
+                              train_data_upsampling_factors=None, seed=0, batch_size=2, world_size=1, workers=0,
+                              val_num_samples=None)
+    preprocess = open_clip.image_transform(16, is_train=False)
+    tokens = {tuple(tokenizer(c)[0].tolist()) for c in first_captions}
+    for is_train in (True, False):  # the training pipeline (open_clip's own tar grouping) and the eval one
+        info = data.get_wds_dataset(args, preprocess, is_train=is_train, tokenizer=tokenizer)
+        if is_train:
+            assert info.dataloader.num_samples == 6  # from vispre's sizes.json
+        seen = [(image, text) for images, texts in info.dataloader for image, text in zip(images, texts)]
+        assert len(seen) == 6, is_train  # none dropped for want of a txt caption
+        assert {tuple(text.tolist()) for _, text in seen} == tokens  # KEY.txt is the first caption
+        assert seen[0][0].shape == (3, 16, 16)
+
+
+def test_the_webdataset_range_is_the_one_open_clip_train_reads_with():
+    """0.2.95 added an end-of-shard ``{}`` to tar_file_expander; open_clip_train's tar grouping reads it as a file
+    (KeyError: 'fname'). pyproject.toml keeps webdataset below it, and the installed one is inside the range."""
+    from importlib.metadata import version
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    webdataset = next(Requirement(r) for r in project["dependencies"] if r.startswith("webdataset"))
+    assert "0.2.86" in webdataset.specifier and "0.2.95" not in webdataset.specifier
+    assert "1.0.2" not in webdataset.specifier
+    assert version("webdataset") in webdataset.specifier, f"installed webdataset {version('webdataset')}"

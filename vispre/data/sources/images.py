@@ -114,7 +114,8 @@ def hf_image_bytes(value: Any, where: str) -> bytes | Image.Image:
 
 class HFSource(Source):
     """Rows of a Hugging Face dataset: image column -> jpg/png/webp, label column -> ``cls``,
-    caption column -> ``txt`` (a string) or json ``captions`` (a list of strings)."""
+    caption column -> ``txt`` (a string) or json ``captions`` (a list of strings, the first also as ``txt``
+    for loaders that read one caption, such as open_clip's)."""
 
     def __init__(self, name_or_path: str, split: str | None = None, config: str | None = None,
                  image_column: str = "image", label_column: str | None = None,
@@ -157,6 +158,8 @@ class HFSource(Source):
             sample["txt"] = caption
         elif caption is not None:
             meta["captions"] = [str(c) for c in caption]
+            if meta["captions"]:
+                sample["txt"] = meta["captions"][0]
         sample["json"] = meta
         return sample
 
@@ -169,7 +172,9 @@ class HFSource(Source):
 
 class CocoSource(Source):
     """COCO captions json + image folder -> ``caption`` samples, one per image with all of its
-    captions (in file order). Images without any caption are left out."""
+    captions (in file order) in the json, and the first of them as ``KEY.txt``: the one caption that
+    single-caption loaders (open_clip's ``get_wds_dataset``, which skips samples without txt) read.
+    vispre itself reads the json's list. Images without any caption are left out."""
 
     format = "caption"
 
@@ -201,6 +206,6 @@ class CocoSource(Source):
         ext, data, img = image_entry(read_bytes(path), str(path), self.quality)
         meta = {"captions": list(captions), "image_id": image_id, "file_name": name,
                 "width": img.width, "height": img.height}
-        return {"__key__": key, ext: data, "json": meta}
+        return {"__key__": key, ext: data, "json": meta, "txt": captions[0]}
 
 

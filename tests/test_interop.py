@@ -146,3 +146,88 @@ def test_the_webdataset_range_is_the_one_open_clip_train_reads_with():
     assert "0.2.86" in webdataset.specifier and "0.2.95" not in webdataset.specifier
     assert "1.0.2" not in webdataset.specifier
     assert version("webdataset") in webdataset.specifier, f"installed webdataset {version('webdataset')}"
+
+
+# -- CLIP runs: an open_clip folder with both towers ----------------------------------------------------------
+def clip_checkpoint(run: Path, *overrides, model: str | None = "test_vit", size: int = 160):
+    """A CLIP (or AB-over-CLIP) method with perturbed weights (the EMA target differs from the online network),
+    saved as a checkpoint of ``run``: no training needed for a round trip. ``model=None``: the tiny recipe's ViT."""
+    from tests.test_methods import tiny_recipe
+    from vispre.methods import build_method
+    from vispre.models import build_encoder
+    from vispre.pretrain.checkpoint import save_checkpoint
+    from vispre.utils.typed_config import to_yaml
+
+    torch.manual_seed(0)
+    cfg = tiny_recipe(run.parent, "unused", "method.name=clip", f"train.output_dir={run}",
+                      f"data.views=[{{count: 1, size: {size}, scale: [0.5, 1.0]}}]", *overrides)
+    if model is not None:
+        cfg.model.name, cfg.model.kwargs = model, {}
+    method = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs))
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    method.update_target(0.5)
+    with torch.no_grad():
+        for p in method.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    save_checkpoint(run / "checkpoints", 1, method, optimizer, {"config": to_yaml(cfg)})
+    return run, method.eval()
+
+
+@pytest.mark.parametrize("method", ["clip", "ab"])
+def test_clip_export_round_trips_through_open_clip(tmp_path, method):
+    import open_clip
+
+    from vispre.export.open_clip_export import clip_of
+
+    overrides = ["method.name=ab", "method.base=clip"] if method == "ab" else []
+    run, trained = clip_checkpoint(tmp_path / "run", *overrides)
+    out = export(run, tmp_path / "encoder", which="target")
+    provenance = json.loads((out / "export.json").read_text())
+    assert provenance["open_clip"]["timm_model_kwargs"] == {}  # test_vit at its 160 px: open_clip 3.3.0 builds it
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+    model.eval()
+    clip = clip_of(trained)
+    net = clip.net("target")
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(5))
+    captions = ["a red square on grass", "two cats"]
+    assert torch.equal(tokenizer(captions), net["text"].tokenize(captions))
+    with torch.no_grad():
+        image = model.encode_image(x, normalize=True)
+        torch.testing.assert_close(image, clip.image_embed("target", net["encoder"](x).pooled), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_text(tokenizer(captions)), net["text"](captions), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.logit_scale.exp(), clip.scale("target"))
+        online = clip.image_embed("online", clip.net("online")["encoder"](x).pooled)
+        assert (image - online).abs().max() > 1e-4  # the target copy, not the online one
+    assert preprocess(_image(1)).shape == (3, 160, 160)
+    # the same folder still loads in timm with the same image features
+    timm_model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(timm_model(x), model.visual.trunk(x), atol=1e-5, rtol=0)
+
+
+def test_custom_encoders_are_written_with_their_timm_kwargs(tmp_path):
+    """The tiny ViT (custom width, depth, patch size, 32 px) needs timm_model_kwargs, which open_clip after 3.3.0
+    passes to timm.create_model; check they rebuild the trunk the weights belong to."""
+    from safetensors.torch import load_file
+
+    run, _ = clip_checkpoint(tmp_path / "run", model=None, size=32)
+    out = export(run, tmp_path / "encoder")
+    config = json.loads((out / "open_clip_config.json").read_text())
+    kwargs = config["model_cfg"]["vision_cfg"]["timm_model_kwargs"]
+    assert kwargs["img_size"] == [32, 32] and kwargs["dynamic_img_size"] is True
+    assert (kwargs["patch_size"], kwargs["embed_dim"], kwargs["depth"], kwargs["num_heads"]) == (8, 64, 2, 2)
+    assert "open_clip_torch > 3.3.0" in json.loads((out / "export.json").read_text())["open_clip"]["requires"]
+    trunk = timm.create_model(config["model_cfg"]["vision_cfg"]["timm_model_name"], num_classes=0, **kwargs)
+    weights = load_file(out / "open_clip_model.safetensors")
+    trunk.load_state_dict({k[len("visual.trunk."):]: v for k, v in weights.items() if k.startswith("visual.trunk.")})
+
+
+def test_non_clip_exports_have_no_open_clip_files(vit_export):
+    assert not (vit_export / "open_clip_config.json").exists()
+    assert json.loads((vit_export / "export.json").read_text())["open_clip"] is None

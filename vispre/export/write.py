@@ -11,6 +11,9 @@ dict(file=DIR + "/model.safetensors"), **model_args)`` with config.json's archit
     export.json         vispre's provenance of the export (recipe, step, copy, extra modules)
     scores.json         scores added by ``vispre eval`` (``append_scores``)
     NAME.safetensors    extra modules a method chooses to export, each with NAME.json (see ``export``)
+    open_clip_config.json + open_clip_model.safetensors
+                        CLIP runs (and AB with base clip) only: both towers, as open_clip's
+                        ``create_model_and_transforms("local-dir:DIR")`` loads them (vispre.export.open_clip_export)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..utils.io import write_json
 from ..utils.typed_config import ConfigError
 from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
 from .card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
+from .open_clip_export import save_open_clip
 from .read import CONFIG, WEIGHTS, load_encoder, load_module  # noqa: F401  (public API)
 
 log = logging.getLogger("vispre.export")
@@ -162,6 +166,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
     try:
         save_encoder(encoder, tmp, data_config)
         modules = save_modules(method.export_modules(which), tmp, which)
+        open_clip = save_open_clip(method, which, tmp, data_config)  # CLIP runs: both towers, for open_clip
         if onnx:
             from .onnx_export import export_onnx
 
@@ -172,7 +177,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
             "base": cfg.method.base if cfg.method.name == "ab" else None, "architecture": encoder.name,
             "model_args": json.loads(json.dumps(encoder.model_args)), "steps_planned": cfg.train.steps,
             "data": {"spec": cfg.data.spec, "format": data_format}, "input": data_config,
-            "modules": modules, "onnx": onnx, "recipe_yaml": state["config"]}
+            "modules": modules, "onnx": onnx, "open_clip": open_clip, "recipe_yaml": state["config"]}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
         if scores:
             (tmp / SCORES).write_text(json.dumps(scores, indent=1))

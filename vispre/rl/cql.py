@@ -235,9 +235,11 @@ class CQL(Agent):
     def losses(self, batch):
         cfg, disc = self.cfg, self.space.discrete
         obs, next_obs = self.augment(batch["observations"], batch["next_observations"])
-        cond = self.condition(batch["task"])
         actions = batch["actions"]
-        mc = batch["mc_returns"] if cfg.bound_q_with_mc else None
+        # a batch without task ids (a single-task dataset) is task 0; without returns, no Monte-Carlo bound
+        tasks = batch["task"] if "task" in batch else torch.zeros(len(actions), dtype=torch.long, device=actions.device)
+        cond = self.condition(tasks)
+        mc = batch.get("mc_returns") if cfg.bound_q_with_mc else None
         x = torch.cat([self.critic.encoder(obs), cond], 1)
         xa = torch.cat([self.actor_encoder(obs), cond], 1)
         alpha = self.log_alpha.exp().detach()

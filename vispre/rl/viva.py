@@ -36,6 +36,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from ..export.read import load_encoder, load_exported_module
+from ..models import icvf as _icvf_builders  # noqa: F401  (registers icvf_value / icvf_phi for load_exported_module)
 from ..utils.io import write_json
 from .encoders import _normalisation
 from .task_data import DatasetMix, TaskSource

@@ -74,6 +74,9 @@ class VPTRConfig:
     agent: Any = field(default_factory=lambda: {"name": "cql"})
     reward: RewardConvention = field(default_factory=RewardConvention)
     encoder: str = ""  # the ICVF export (stage 1)
+    # condition on the sources' instructions embedded by open_clip's text tower ("MODEL:PRETRAINED", e.g.
+    # "ViT-B-32:openai"; needs open_clip_torch and its weights) instead of one-hot task ids ('' = one-hot)
+    language: str = ""
     stage2_steps: int = 2000
     stage3_steps: int = 1000
     target_ratio: float = 0.9  # stage 3: prior share of a batch
@@ -113,19 +116,45 @@ def load_vptr_config(path=None, overrides=()) -> VPTRConfig:
 # -- data ----------------------------------------------------------------------------------------------------
 def load_sources(cfg: VPTRConfig, out: Path, discount: float) -> tuple[list[TaskSource], list[TaskSource]]:
     """(prior sources, target sources) with V-PTR's rewards and Monte-Carlo returns."""
-    from .run import generate_minigrid
+    from .run import _layout_seeds, generate_minigrid
 
+    holdout = None
+    if cfg.env.kind == "minigrid" and cfg.env.holdout_layouts > 0:
+        holdout = MiniGridLayouts(cfg.env.name, cfg.env.eval_seed, cfg.eval.episodes, cfg.env.holdout_layouts)
     prior, target = [], []
     for i, s in enumerate(cfg.sources):
         name = s.name or f"source{i}"
+        task = dict(s.generate).get("task", cfg.env.name)
         if s.path:
             path = Path(s.path).expanduser()
         else:
             gen = dict(s.generate)
-            path = generate_minigrid(gen.pop("task", cfg.env.name), out / "data" / name, **gen)
-        data, mc = sparse_task_rewards(Transitions.from_file(path), cfg.reward, discount)
+            gen.pop("task", None)
+            path = generate_minigrid(task, out / "data" / name, **gen)
+        keep = None  # the evaluation task's data: trajectories on the held-out evaluation layouts dropped
+        seeds = _layout_seeds(path) if holdout is not None and task == cfg.env.name else None
+        if seeds is not None:
+            keep = holdout.keep_rows(seeds)
+        data, mc = sparse_task_rewards(Transitions.from_file(path, keep_rows=keep), cfg.reward, discount)
         (target if s.target else prior).append(TaskSource(name, data, mc, s.task))
     return prior, target
+
+
+def task_embeddings(cfg: VPTRConfig, out: Path) -> Path:
+    """Row t: the open_clip text embedding of task t's instruction (cfg.language = "MODEL:PRETRAINED")."""
+    from .cql import instruction_embeddings
+
+    by_task = {}
+    for s in cfg.sources:
+        if not s.instruction:
+            raise ConfigError(f"language: source {s.name!r} has no instruction")
+        by_task.setdefault(s.task, s.instruction)
+    if sorted(by_task) != list(range(len(by_task))):
+        raise ConfigError(f"language: task ids must be 0..{len(by_task) - 1}, got {sorted(by_task)}")
+    model, _, pretrained = cfg.language.partition(":")
+    path = out / "task_embeddings.npy"
+    instruction_embeddings([by_task[t] for t in range(len(by_task))], model, pretrained or "openai", path)
+    return path
 
 
 def action_space(sources: list[TaskSource]) -> ActionSpace:
@@ -208,12 +237,18 @@ def run_vptr(cfg: VPTRConfig | str | Path, overrides=()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", to_yaml(cfg))
     prior, target = load_sources(cfg, out, cfg.agent.discount)
+    if cfg.language and not cfg.agent.task_embeddings:
+        cfg.agent.task_embeddings = str(task_embeddings(cfg, out))
     space = action_space(prior + target)
     prior_w = [s.weight for s in cfg.sources if not s.target]
     target_task = target[0].task
     steps = cfg.stage2_steps + cfg.stage3_steps
-    layouts = MiniGridLayouts(cfg.env.name, cfg.env.eval_seed, cfg.eval.episodes, cfg.env.holdout_layouts)
-    make_env = eval_env_factory(cfg.env, cfg.eval.max_steps, False, layouts.seeds)
+    make_env = None
+    if cfg.eval.episodes > 0 and cfg.env.kind == "minigrid":
+        layouts = MiniGridLayouts(cfg.env.name, cfg.env.eval_seed, cfg.eval.episodes, cfg.env.holdout_layouts)
+        make_env = eval_env_factory(cfg.env, cfg.eval.max_steps, False, layouts.seeds)
+    elif cfg.eval.episodes > 0:
+        make_env = eval_env_factory(cfg.env, cfg.eval.max_steps, False)
     runs = []
     for arm in cfg.arms:
         for seed in cfg.seeds:
@@ -234,11 +269,13 @@ def run_vptr(cfg: VPTRConfig | str | Path, overrides=()) -> dict:
                 cfg.agent.batch_size, cfg.frame_stack, cfg.checkpoint_every,
                 cfg.stage2_steps if arm.multitask else 0, device=cfg.device)
             agent.eval_task = target_task
-            ev = rollouts(agent, make_env, cfg.eval.episodes, cfg.device, cfg.eval.policy, cfg.eval.epsilon,
-                          cfg.eval.num_envs, seed=seed)
-            record = {"arm": arm.name, "seed": seed, "success": float(np.mean(ev["success"])),
-                      "length": float(np.mean(ev["length"])), "episodes": cfg.eval.episodes,
-                      "train_seconds": time.perf_counter() - t0, "final_metrics": result["metrics"]}
+            record = {"arm": arm.name, "seed": seed, "success": float("nan"), "length": float("nan"),
+                      "episodes": 0, "train_seconds": time.perf_counter() - t0, "final_metrics": result["metrics"]}
+            if make_env is not None:  # no environment (Bridge-style data): offline metrics only
+                ev = rollouts(agent, make_env, cfg.eval.episodes, cfg.device, cfg.eval.policy, cfg.eval.epsilon,
+                              cfg.eval.num_envs, seed=seed)
+                record.update(success=float(np.mean(ev["success"])), length=float(np.mean(ev["length"])),
+                              episodes=cfg.eval.episodes)
             write_json(record_file, record)
             log.info("%s seed %d: target success %.3f", arm.name, seed, record["success"])
             runs.append(record)

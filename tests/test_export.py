@@ -4,6 +4,7 @@ the model card and its scores, ONNX, the hub dry run, and foreign checkpoints as
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -252,7 +253,7 @@ def test_push_to_hub_uploads_the_top_level_files(vit_run, tmp_path, monkeypatch)
     assert calls[1][2]["folder_path"] == str(vit_export)
 
 
-def test_bad_paths_error_clearly(vit_run, tmp_path):
+def test_bad_paths_error_clearly(vit_run, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="neither a vispre checkpoint"):
         export(tmp_path / "nothing", tmp_path / "out")
     keep = tmp_path / "precious"
@@ -263,8 +264,8 @@ def test_bad_paths_error_clearly(vit_run, tmp_path):
     assert (keep / "notes.txt").read_text() == "mine" and len(list(keep.iterdir())) == 1
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_encoder(tmp_path)
-    with pytest.raises(SystemExit, match="vispre export: .* neither a vispre checkpoint"):
-        main(["export", str(tmp_path / "nothing"), str(tmp_path / "out")])
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "out")]) == 2  # a user error: one line
+    assert re.search("vispre export: error: .* neither a vispre checkpoint", capsys.readouterr().err)
 
 
 def test_reexport_replaces_the_folder(vit_run, tmp_path):

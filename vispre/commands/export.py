@@ -33,10 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dry_run and not args.push_to_hub:
         raise SystemExit("vispre export: --dry-run only applies to --push-to-hub")
-    try:
-        out = export(args.checkpoint, args.out_dir, which=args.which, onnx=args.onnx)
-    except (FileNotFoundError, FileExistsError) as e:  # a wrong path: the message says it all
-        raise SystemExit(f"vispre export: {e}") from e
+    # a wrong path, a corrupt or non-finite checkpoint: vispre's main prints the message, exit status 2
+    out = export(args.checkpoint, args.out_dir, which=args.which, onnx=args.onnx)
     print(f"exported the {args.which} encoder to {out}\n"
           f"  timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
     if args.push_to_hub:

@@ -12,9 +12,72 @@ import torch
 
 from ..models import Encoder
 from ..models.exportable import ExportedModule, ExportSpec
+from ..utils.errors import UserError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+
+
+class ExportError(UserError):
+    """An export folder whose config.json and weights do not agree, or a file that cannot be read."""
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def read_config(path: Path) -> dict:
+    config_file = path / CONFIG
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{config_file}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ExportError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    if not isinstance(config.get("architecture"), str):
+        raise ExportError(f"{config_file}: architecture must be a timm model name, got {config.get('architecture')!r}")
+    if not isinstance(config.get("model_args", {}), dict):
+        raise ExportError(f"{config_file}: model_args must be a JSON object, got {config['model_args']!r}")
+    return config
+
+
+def check_export(path: str | Path, config: dict | None = None, weights: bool = True) -> None:
+    """config.json against the weights, before loading them: the architecture config.json describes (built on
+    the meta device: no memory, no init) must have exactly the file's tensor names and shapes, and its
+    ``num_features``. timm itself would resample a patch-8 embedding into a patch-16 config without a word,
+    and nothing reads ``num_features`` against the model. Errors name the file and the field."""
+    path = Path(path)
+    config_file = path / CONFIG
+    config = read_config(path) if config is None else config
+    described = f"architecture {config['architecture']!r} with model_args {config.get('model_args', {})}"
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(f"local-dir:{path}", pretrained=False)
+    except Exception as e:
+        raise ExportError(f"{config_file}: {described} does not build a timm model ({str(e).splitlines()[0]})") from e
+    if "num_features" in config and config["num_features"] != model.num_features:
+        raise ExportError(f"{config_file}: num_features is {config['num_features']!r} but {described} gives "
+                          f"{model.num_features} features")
+    if not weights:
+        return
+    from safetensors import safe_open
+
+    file = path / WEIGHTS
+    try:
+        with safe_open(str(file), "pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors' errors (a truncated or corrupt header) do not name the file
+        raise ExportError(f"{file}: cannot read the weights ({str(e).splitlines()[0]})") from e
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = [f"{k} is {_shape(found[k])} in the file, {_shape(v)} by config.json" for k, v in expected.items()
+                if k in found and found[k] != v]
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if problems:
+        raise ExportError(f"{file} does not match {config_file} ({described}): " + "; ".join(problems[:4]))
 
 
 def load_encoder(path: str | Path, random_init: bool = False) -> Encoder:
@@ -29,8 +92,13 @@ def load_encoder(path: str | Path, random_init: bool = False) -> Encoder:
         raise FileNotFoundError(f"{path} is not an exported encoder: no {CONFIG} (make one with 'vispre export')")
     if not random_init and not (path / WEIGHTS).is_file():
         raise FileNotFoundError(f"{path} has no {WEIGHTS}: cannot load the exported weights")
-    config = json.loads(config_file.read_text())
+    config = read_config(path)
+    check_export(path, config, weights=not random_init)
     model = timm.create_model(f"local-dir:{path}", pretrained=not random_init)
+    if not random_init:
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ExportError(f"{path / WEIGHTS}: NaN or inf in {len(bad)} tensors ({', '.join(bad[:5])})")
     # Encoder's model_args are the rebuild recipe without num_classes (Encoder always passes 0)
     model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
     pretrained_cfg = dict(model.pretrained_cfg)  # what the export says, not what Encoder would infer

@@ -34,8 +34,9 @@ from ..data import formats
 from ..methods import Method, build_method
 from ..models import Encoder, build_encoder
 from ..models.exportable import ExportedModule
-from ..pretrain.checkpoint import find_checkpoint, load_checkpoint
+from ..pretrain.checkpoint import find_checkpoint, load_checkpoint, nonfinite_tensors, read_state
 from ..pretrain.recipe import PretrainConfig, recipe_from_values
+from ..utils.errors import UserError
 from ..utils.io import write_json
 from ..utils.typed_config import ConfigError
 from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
@@ -72,7 +73,7 @@ def find_export_checkpoint(path: str | Path) -> Path:
 def load_method(checkpoint: str | Path) -> tuple[Method, PretrainConfig, dict]:
     """Rebuild the method from the checkpoint's own resolved recipe and load its weights (strict)."""
     checkpoint = Path(checkpoint)
-    state = json.loads((checkpoint / "state.json").read_text())
+    state = read_state(checkpoint)  # its fields checked, errors naming state.json
     if "config" not in state:
         raise ValueError(f"{checkpoint / 'state.json'} has no 'config': cannot rebuild the model it holds")
     try:
@@ -155,6 +156,10 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
     _check_target(out)
     checkpoint = find_export_checkpoint(run_or_checkpoint)
     method, cfg, state = load_method(checkpoint)
+    bad = nonfinite_tensors(method.state_dict())
+    if bad:  # a diverged run's weights: exporting them would score a NaN encoder
+        raise UserError(f"{checkpoint / 'model.safetensors'} holds NaN or inf in {len(bad)} tensors "
+                        f"({', '.join(bad[:5])}): refusing to export it; export an earlier checkpoint")
     encoder = method.export_encoder(which)
     data_format = method.data_format(cfg.data)
     data_config = input_config(cfg, data_format)

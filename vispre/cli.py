@@ -37,10 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit statuses (vispre.utils.errors): 0 done, 1 failed (unreadable shards, or a bug: with its traceback),
+    2 a user error (one message naming the file and field; -v adds the traceback), 3 training stopped on a
+    non-finite loss, 75 preempted by a signal after writing a checkpoint."""
+    from .utils.errors import EXIT_USER_ERROR, UserError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        if args.verbose:
+            raise
+        # FileNotFoundError & co. come from a wrong path the user gave; their message names it
+        message = str(e) if isinstance(e, UserError) or not getattr(e, "filename", None) else \
+            f"{e.filename}: {e.strerror}"
+        print(f"vispre {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

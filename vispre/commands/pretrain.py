@@ -15,6 +15,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue from the newest checkpoint in train.output_dir (or a given one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train.output_dir holds an earlier run: delete its checkpoints and metrics and start "
+                             "over (without --resume or --overwrite such a directory is refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     parser.set_defaults(func=run)
     return parser
@@ -28,8 +31,22 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg))
         return 0
-    from ..pretrain.loop import pretrain
+    import sys
 
-    out = pretrain(cfg, resume=args.resume)
+    from ..pretrain.checkpoint import CheckpointWriteError, NonFiniteCheckpoint
+    from ..pretrain.loop import NonFiniteLoss, Preempted, pretrain
+    from ..utils.errors import EXIT_FAILURE, EXIT_NONFINITE, EXIT_PREEMPTED
+
+    try:
+        out = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Preempted as e:
+        print(f"vispre pretrain: preempted by {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (NonFiniteLoss, NonFiniteCheckpoint) as e:
+        print(f"vispre pretrain: stopped: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except CheckpointWriteError as e:  # a full disk is no bug: the message says where, no traceback
+        print(f"vispre pretrain: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"checkpoints: {out / 'checkpoints'}\nlogs: {out / 'metrics.jsonl'} (tensorboard: {out})")
     return 0

@@ -4,6 +4,18 @@ The same code runs as one CPU process and under ``accelerate launch`` on many GP
 accelerate picks the device, wraps the method in DDP, handles mixed precision and gradient
 accumulation. The data loader is *not* prepared: it splits by rank and worker itself and keeps
 an exact, resumable position (see ``vispre.data``).
+
+What a run survives (issue 14; README "What vispre guarantees"):
+
+* SIGTERM, SIGINT, SIGUSR1 on any rank: every rank finishes the step, one checkpoint is written, and
+  ``fit`` raises ``Preempted`` (``vispre pretrain`` exits 75); ``--resume`` continues exactly.
+* a non-finite loss or gradient: the step is skipped (no optimizer or EMA update) or the run stops
+  (``train.nonfinite``); more than ``train.max_nonfinite_skips`` skips in a row stop it too
+  (``NonFiniteLoss``, exit 3). A non-finite model is never checkpointed (``checkpoint.py``).
+* a second trainer on the same ``output_dir``: refused (``vispre.utils.runlock``); a rerun into a
+  directory that holds a run needs ``resume`` or ``overwrite``.
+* padding batches (finite epochs, uneven shards, several ranks): the gradient is averaged over the
+  ranks' real batches, not diluted by the padding ranks' zeros.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -25,12 +38,46 @@ from ..methods import build_method
 from ..models import build_encoder
 from ..models.init_weights import init_encoder
 from ..utils.diagnostics import rankme, srank
+from ..utils.errors import UserError
+from ..utils.runlock import RunLock
+from ..utils.stop_signals import StopSignals
 from ..utils.typed_config import to_yaml
 from ..views.photometric import Photometric
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointWriteError,
+    NonFiniteCheckpoint,
+    checkpoint_name,
+    clean_temporary,
+    find_checkpoint,
+    load_checkpoint,
+    nonfinite_tensors,
+    save_checkpoint,
+)
 from .recipe import PretrainConfig
 
 log = logging.getLogger("vispre.train")
+
+
+class Preempted(Exception):
+    """A stop signal arrived; every rank finished its step and the checkpoint ``path`` was written."""
+
+    def __init__(self, signal_name: str, step: int, path: Path):
+        super().__init__(f"{signal_name}: stopped at step {step} after writing {path}; continue with --resume")
+        self.signal_name, self.step, self.path = signal_name, step, path
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradients were NaN or inf (train.nonfinite=stop, or too many skips in a row)."""
+
+
+class OutputDirInUse(UserError):
+    """``train.output_dir`` holds an earlier run and neither resume nor overwrite was asked for."""
+
+
+def is_padding(batch) -> bool:
+    """A padding batch (a finite epoch's filler on a rank with fewer batches): no valid sample."""
+    valid = batch.get("valid") if isinstance(batch, dict) else None
+    return valid is not None and not bool(valid.any())
 
 
 def cosine(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_start: float = 0.0) -> float:
@@ -99,13 +146,73 @@ class Trainer:
         return {"data": self.loader.state_dict(),
                 "config": to_yaml(self.cfg)}
 
-    def save(self) -> None:
+    def save(self) -> Path:
+        """Every rank calls it; rank 0 writes. A non-finite model (identical on every rank) is refused on every
+        rank; a failed write on rank 0 (a full disk) is raised on every rank too, so none waits for the others."""
+        acc = self.accelerator
+        path = self.out / "checkpoints" / checkpoint_name(self.step)
+        if self.saved_step == self.step and path.exists():
+            return path  # already written at this step (a stop signal right after a periodic save)
         state = self.state()
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(self.out / "checkpoints", self.step, self.accelerator.unwrap_model(self.model),
-                                   self.optimizer, state, keep=self.cfg.train.keep_checkpoints)
-            log.info("checkpoint %s", path)
-        self.accelerator.wait_for_everyone()
+        bad = nonfinite_tensors(acc.unwrap_model(self.model).state_dict())
+        if bad:
+            raise NonFiniteCheckpoint(f"not writing {path}: the model holds NaN or inf in {len(bad)} tensors "
+                                      f"({', '.join(bad[:5])}); the previous checkpoints are kept")
+        error = None
+        if acc.is_main_process:
+            try:
+                path = save_checkpoint(self.out / "checkpoints", self.step, acc.unwrap_model(self.model),
+                                       self.optimizer, state, keep=self.cfg.train.keep_checkpoints)
+                log.info("checkpoint %s", path)
+            except CheckpointWriteError as e:
+                error = str(e)
+        if acc.num_processes > 1:
+            error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise CheckpointWriteError(error)
+        self.saved_step = self.step
+        return path
+
+    def claim_output_dir(self, resume: str | None, overwrite: bool) -> None:
+        """Rank 0 locks ``train.output_dir`` (released when ``fit`` ends) and applies the rerun policy: a
+        directory holding an earlier run (checkpoints or metrics) needs ``resume`` or ``overwrite``
+        (which deletes that run's checkpoints and logs). Then it removes temporary checkpoint directories
+        an interrupted save left. Every rank raises the same error."""
+        acc, error = self.accelerator, None
+        if acc.is_main_process:
+            try:
+                if resume and overwrite:
+                    raise UserError("--resume and --overwrite exclude each other: continue the run or replace it")
+                self.lock = RunLock(self.out).acquire()
+                checkpoints = self.out / "checkpoints"
+                earlier = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
+                metrics = self.out / "metrics.jsonl"
+                if metrics.is_file() and metrics.stat().st_size:
+                    earlier.append(metrics.name)
+                if earlier and not resume and not overwrite:
+                    raise OutputDirInUse(
+                        f"train.output_dir {self.out} already holds a run ({', '.join(earlier[-3:])}): pass --resume "
+                        "to continue it, --overwrite to delete it and start over, or choose another train.output_dir")
+                if earlier and overwrite:
+                    log.warning("--overwrite: deleting the earlier run's checkpoints and logs in %s", self.out)
+                    shutil.rmtree(checkpoints, ignore_errors=True)
+                    metrics.unlink(missing_ok=True)
+                if checkpoints.is_dir():
+                    clean_temporary(checkpoints)
+            except UserError as e:
+                error = e
+        if acc.num_processes > 1:
+            message = broadcast_object_list([None if error is None else (type(error).__name__, str(error))])[0]
+            if message is not None and error is None:
+                error = (OutputDirInUse if message[0] == "OutputDirInUse" else UserError)(message[1])
+        if error is not None:
+            self.release_output_dir()
+            raise error
+
+    def release_output_dir(self) -> None:
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
 
     def resume(self, which: str) -> None:
         path = find_checkpoint(self.out / "checkpoints", which)
@@ -113,8 +220,14 @@ class Trainer:
             log.info("no checkpoint under %s: starting from scratch", self.out / "checkpoints")
             return
         state = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer)
+        if not isinstance(state.get("data"), dict):
+            raise UserError(f"{path / 'state.json'}: data must be the data stream's state (a JSON object)")
         self.step = state["step"]
-        self.loader.load_state_dict(state["data"])
+        try:
+            self.loader.load_state_dict(state["data"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path / 'state.json'}: data: cannot resume the data stream ({e})") from e
+        self.saved_step = self.step
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- one optimizer step -------------------------------------------------------------------------
@@ -133,24 +246,52 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[dict, float]:
         acc, metrics, wait = self.accelerator, {}, 0.0
+        real, finite, apply = 0, True, True  # real (not padding) batches, finite losses, whether to update
         for _ in range(self.cfg.train.grad_accum):
             start = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - start
+            real += not is_padding(batch)
             with acc.accumulate(self.model):
                 loss, metrics = self.model(batch)
                 acc.backward(loss)
+                finite = finite and bool(torch.isfinite(loss.detach()))
                 if acc.sync_gradients:
-                    acc.unwrap_model(self.model).before_optimizer_step()
-                    if self.cfg.optim.clip_grad > 0:
-                        metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
-                self.optimizer.step()
+                    apply = self.usable_gradients(real, finite)
+                    if apply:
+                        acc.unwrap_model(self.model).before_optimizer_step()
+                        if self.cfg.optim.clip_grad > 0:
+                            metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(),
+                                                                       self.cfg.optim.clip_grad)
+                if apply:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         o = self.cfg.optim
-        acc.unwrap_model(self.model).update_target(
-            cosine(self.step, self.cfg.train.steps, o.ema_momentum, o.ema_momentum_end))
+        if apply:
+            acc.unwrap_model(self.model).update_target(
+                cosine(self.step, self.cfg.train.steps, o.ema_momentum, o.ema_momentum_end))
         metrics["loss"] = loss.detach()
+        metrics["nonfinite"] = float(not apply)
         return {k: float(v) for k, v in metrics.items()}, wait
+
+    def usable_gradients(self, real: int, finite: bool) -> bool:
+        """At the optimizer step, after DDP averaged the gradients over ranks: False when a loss or gradient
+        is non-finite on any rank (the step is skipped). Else, when some ranks fed padding batches (zero
+        gradient), the average is rescaled to one over the real batches: DDP divides by every rank, which
+        would shrink the step by the padding fraction for most of a finite epoch's tail."""
+        acc = self.accelerator
+        total = acc.num_processes * self.cfg.train.grad_accum
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if acc.scaler is None and grads:  # fp16: the GradScaler skips inf gradients and lowers its scale itself
+            finite = finite and bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if acc.num_processes > 1:  # every rank must agree, and count the real batches of all
+            flags = torch.tensor([real, int(not finite)], device=acc.device, dtype=torch.float64)
+            torch.distributed.all_reduce(flags)
+            real, finite = int(flags[0]), not bool(flags[1])
+        if finite and 0 < real < total:
+            for g in grads:
+                g.mul_(total / real)
+        return finite
 
     # -- diagnostics --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -172,52 +313,95 @@ class Trainer:
         return {"srank": srank(features), "rankme": rankme(features)}
 
     # -- the loop -----------------------------------------------------------------------------------
-    def fit(self, resume: str | None = None) -> Path:
+    def fit(self, resume: str | None = None, overwrite: bool = False) -> Path:
+        """Train to ``train.steps``. ``resume``: "latest" or a checkpoint path; ``overwrite``: replace an earlier
+        run in ``train.output_dir`` (without either, a directory holding one is refused). Raises ``Preempted``
+        after a stop signal (a checkpoint written) and ``NonFiniteLoss`` on a non-finite loss it may not skip."""
         acc, cfg = self.accelerator, self.cfg
-        if resume:
-            self.resume(resume)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(cfg))
-        acc.init_trackers(cfg.name)
-        batches = epochs(self.loader)
-        jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
-        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")
-        last_save, window, window_wait, window_start = time.time(), {}, 0.0, time.perf_counter()
-        self.model.train()
-        while self.step < cfg.train.steps:
-            lr = self.schedules()
-            metrics, wait = self.train_step(batches)
-            self.step += 1
-            bar.update(1)
-            for k, v in metrics.items():
-                window.setdefault(k, []).append(v)
-            window_wait += wait
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                seconds = time.perf_counter() - window_start
-                n = len(window["loss"])
-                row = {k: sum(v) / len(v) for k, v in window.items()}
-                row.update(step=self.step, lr=lr, epoch=self.loader.epoch,
-                           samples_per_s=n * cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes / seconds,
-                           data_wait=window_wait / seconds)
-                if cfg.train.diagnostics_every and self.step % cfg.train.diagnostics_every == 0 and acc.is_main_process:
-                    row.update(self.diagnostics())
-                self.log(row, jsonl, bar)
-                window, window_wait, window_start = {}, 0.0, time.perf_counter()
-            if self.should_save(last_save):
-                self.save()
-                last_save = time.time()
-        self.save()
-        bar.close()
+        self.saved_step, self.nonfinite_in_row = None, 0
+        self.claim_output_dir(resume, overwrite)
+        signals = StopSignals().install()
+        jsonl = bar = None
+        try:
+            if resume:
+                self.resume(resume)
+            if acc.is_main_process:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.yaml").write_text(to_yaml(cfg))
+            acc.init_trackers(cfg.name)
+            batches = epochs(self.loader)
+            jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
+            bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")
+            last_save, window, window_wait, window_start = time.time(), {}, 0.0, time.perf_counter()
+            self.model.train()
+            while self.step < cfg.train.steps:
+                lr = self.schedules()
+                metrics, wait = self.train_step(batches)
+                self.step += 1
+                bar.update(1)
+                self.check_nonfinite(metrics)
+                for k, v in metrics.items():
+                    window.setdefault(k, []).append(v)
+                window_wait += wait
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    seconds = time.perf_counter() - window_start
+                    n = len(window["loss"])
+                    row = {k: sum(v) / len(v) for k, v in window.items()}
+                    row.update(step=self.step, lr=lr, epoch=self.loader.epoch,
+                               samples_per_s=n * cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
+                               / seconds, data_wait=window_wait / seconds)
+                    if cfg.train.diagnostics_every and self.step % cfg.train.diagnostics_every == 0 \
+                            and acc.is_main_process:
+                        row.update(self.diagnostics())
+                    self.log(row, jsonl, bar)
+                    window, window_wait, window_start = {}, 0.0, time.perf_counter()
+                due, stop = self.should_save(last_save, signals.received is not None)
+                if due or stop:
+                    path = self.save()
+                    last_save = time.time()
+                if stop:
+                    name = signals.name or "a stop signal on another rank"
+                    log.warning("%s: stopped at step %d, checkpoint %s", name, self.step, path)
+                    raise Preempted(name, self.step, path)
+            self.save()
+        finally:
+            signals.restore()
+            if bar is not None:
+                bar.close()
+            if jsonl is not None:
+                jsonl.close()
+            self.release_output_dir()
         acc.end_training()
         return self.out
 
-    def should_save(self, last_save: float) -> bool:
-        """Every N steps or M minutes; rank 0's clock decides so all ranks save together."""
+    def check_nonfinite(self, metrics: dict) -> None:
+        """After a step: a skipped non-finite step counts; ``train.nonfinite=stop`` or too many in a row stop."""
         t = self.cfg.train
-        due = [self.step % t.checkpoint_every_steps == 0 and self.step < t.steps
-               or time.time() - last_save > 60 * t.checkpoint_every_minutes]
-        return bool(broadcast_object_list(due)[0]) if self.accelerator.num_processes > 1 else due[0]
+        if not metrics.get("nonfinite"):
+            self.nonfinite_in_row = 0
+            return
+        self.nonfinite_in_row += 1
+        what = f"step {self.step}: non-finite loss or gradients (loss {metrics.get('loss')})"
+        if t.nonfinite == "stop":
+            raise NonFiniteLoss(f"{what}; train.nonfinite=stop: the last checkpoint is the newest finite state")
+        if self.nonfinite_in_row > t.max_nonfinite_skips:
+            raise NonFiniteLoss(f"{what}: {self.nonfinite_in_row} in a row, more than train.max_nonfinite_skips="
+                                f"{t.max_nonfinite_skips}; the last checkpoint is the newest finite state (lower "
+                                "optim.lr, raise optim.clip_grad or check the data, then --resume)")
+        log.warning("%s: skipped (no optimizer or target update; %d in a row)", what, self.nonfinite_in_row)
+
+    def should_save(self, last_save: float, stop: bool = False) -> tuple[bool, bool]:
+        """(save now, stop now), the same on every rank: every N steps or M minutes by rank 0's clock; stop when
+        any rank received a stop signal. One small all-reduce per step."""
+        t = self.cfg.train
+        due = (self.step % t.checkpoint_every_steps == 0 and self.step < t.steps
+               or time.time() - last_save > 60 * t.checkpoint_every_minutes)
+        if self.accelerator.num_processes == 1:
+            return due, stop
+        flags = torch.tensor([int(due) if self.accelerator.is_main_process else 0, int(stop)],
+                             device=self.accelerator.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
 
     def log(self, row: dict, jsonl, bar) -> None:
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
@@ -228,5 +412,5 @@ class Trainer:
                             wait=f"{row['data_wait']:.0%}")
 
 
-def pretrain(cfg: PretrainConfig, resume: str | None = None) -> Path:
-    return Trainer(cfg).fit(resume)
+def pretrain(cfg: PretrainConfig, resume: str | None = None, overwrite: bool = False) -> Path:
+    return Trainer(cfg).fit(resume, overwrite)

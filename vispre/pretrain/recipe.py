@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from ..data import DataConfig
 from ..methods import MethodConfig, method_config_schema
+from ..utils.checks import Checks
 from ..utils.typed_config import load_config, load_yaml
 
 
@@ -57,6 +58,9 @@ class TrainConfig:
     probe_images: int = 256
     threads: int = 0  # torch threads per process (0: torch's default)
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # a NaN / inf loss or gradient: skip that step (no optimizer or target update) or stop (exit 3). Ours
+    nonfinite: str = "skip"  # skip | stop
+    max_nonfinite_skips: int = 10  # more skips than this in a row stop the run (a diverged model, bad data)
 
 
 @dataclass
@@ -90,8 +94,45 @@ def _plugins(path: str | None, overrides) -> list[str]:
     return found
 
 
+def check_recipe(cfg: PretrainConfig) -> Checks:
+    """Values, not just types: each problem names its field (``train.steps: must be >= 1, got 0``)."""
+    from ..data.pipeline import check_data_config
+
+    c = Checks()
+    t = Checks("train")
+    for name in ("steps", "grad_accum", "log_every", "checkpoint_every_steps", "probe_images"):
+        t.at_least(name, getattr(cfg.train, name), 1)
+    for name in ("keep_checkpoints", "diagnostics_every", "threads", "max_nonfinite_skips"):
+        t.at_least(name, getattr(cfg.train, name), 0)
+    t.above("checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, 0)
+    t.one_of("precision", cfg.train.precision, ("auto", "no", "bf16", "fp16"))
+    t.one_of("nonfinite", cfg.train.nonfinite, ("skip", "stop"))
+    o = Checks("optim")
+    o.at_least("lr", cfg.optim.lr, 0)
+    o.at_least("min_lr", cfg.optim.min_lr, 0)
+    o.between("warmup_fraction", cfg.optim.warmup_fraction, 0, 1)
+    o.at_least("weight_decay", cfg.optim.weight_decay, 0)
+    o.at_least("weight_decay_end", cfg.optim.weight_decay_end, 0)
+    if len(cfg.optim.betas) != 2:
+        o.fail("betas", f"must be two values, got {list(cfg.optim.betas)}")
+    for i, beta in enumerate(cfg.optim.betas):
+        o.between(f"betas.{i}", beta, 0, 1)
+    o.above("eps", cfg.optim.eps, 0)
+    o.at_least("clip_grad", cfg.optim.clip_grad, 0)
+    o.between("ema_momentum", cfg.optim.ema_momentum, 0, 1)
+    o.between("ema_momentum_end", cfg.optim.ema_momentum_end, 0, 1)
+    o.one_of("lr_scaling", cfg.optim.lr_scaling, ("linear", "none"))
+    for part in (t, o, check_data_config(cfg.data, "data")):
+        c.extend(part)
+    if cfg.annotation_data is not None:
+        c.extend(check_data_config(cfg.annotation_data, "annotation_data"))
+    return c
+
+
 def load_recipe(path: str | None, overrides=()) -> PretrainConfig:
-    return load_config(recipe_schema(_plugins(path, overrides)), path, overrides)
+    cfg = load_config(recipe_schema(_plugins(path, overrides)), path, overrides)
+    check_recipe(cfg).raise_if_any(str(path) if path else None)
+    return cfg
 
 
 def recipe_from_values(values: dict) -> PretrainConfig:

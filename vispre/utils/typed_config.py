@@ -10,30 +10,49 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A recipe or override the schema refuses; the message names the file and the key."""
 
 
 BASE_KEY = "_base_"
 
 
-def load_yaml(path: str | Path):
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()):
     """A YAML recipe; ``_base_: other.yaml`` (relative to this file) is loaded first and overridden,
     so recipes share their common part instead of copying it."""
+    import yaml  # OmegaConf's parser: its errors carry the line and column
+
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"recipe {path} does not exist")
-    config = OmegaConf.load(path)
+    included_by = f" (the _base_ of {_chain[-1]})" if _chain else ""
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}{included_by} does not exist" if not path.exists()
+                          else f"recipe {path}{included_by} is not a file")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: {BASE_KEY} includes itself ({cycle})")
+    try:
+        config = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe: {e}") from e
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, not a {type(config).__name__}")
     base = config.pop(BASE_KEY, None)
     if base is None:
         return config
-    return OmegaConf.merge(load_yaml(path.parent / base), config)
+    return OmegaConf.merge(load_yaml(path.parent / base, (*_chain, path.resolve())), config)
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),

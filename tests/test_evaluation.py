@@ -270,7 +270,15 @@ def test_every_recipe_loads():
         if recipe_kind(recipe) == "offline_rl":
             assert load_offline_rl_config(recipe).kind == "offline_rl"
             continue
-        cfg = load_config(ProbeRecipe, recipe, ["train.path=x", "test.path=y"])
+        if recipe_kind(recipe) == "suite":
+            from vispre.commands.eval import suite_members
+
+            assert all(path.is_file() for _, path, _ in suite_members(str(recipe), []))
+            continue
+        overrides = ["train.path=x", "test.path=y"]
+        if "coco" in recipe.stem:
+            overrides += ["train.annotations=a.json", "test.annotations=b.json"]
+        cfg = load_config(ProbeRecipe, recipe, overrides)
         check_config(cfg)
         assert cfg.name == recipe.stem
 

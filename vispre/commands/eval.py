@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return run_compare(args)
     if recipe_kind(args.recipe) == "offline_rl":
         return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
+    if recipe_kind(args.recipe) == "suite":
+        return run_suite(args)
     if not args.encoder and not args.print_config:
         raise SystemExit("vispre eval: error: --encoder DIR is required")
     cfg = load_config(ProbeRecipe, args.recipe, args.overrides)
@@ -125,6 +127,60 @@ def random_init_results(args: argparse.Namespace, out: Path) -> dict | None:
             raise FileNotFoundError(f"--random-init-results: no file {path}")
         return None
     return json.loads(path.read_text())
+
+
+def suite_members(recipe: str, overrides: list[str]) -> list[tuple[str, Path, list[str]]]:
+    """(name, recipe path, overrides) of each member of a ``kind: suite`` recipe; ``NAME.key=value`` goes to
+    member NAME only, an unprefixed override to every member."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(recipe)
+    members = [Path(recipe).parent / str(m) for m in raw.get("members", [])]
+    if not members:
+        raise SystemExit(f"{recipe}: a suite needs members: [RECIPE.yaml, ...]")
+    names = [m.stem for m in members]
+    shared = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] not in names]
+    return [(name, path, shared + [o.split(".", 1)[1] for o in overrides if o.startswith(f"{name}.")])
+            for name, path in zip(names, members)]
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """Every member recipe on the same encoder, then the mean of their scores (OUT/results.json)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from ..evaluation import ProbeRecipe, evaluate
+    from ..evaluation.probe_recipe import check_config
+    from ..evaluation.report import RESULTS_FILE, suite_summary, write_json
+    from ..export.read import load_encoder
+    from ..utils.typed_config import load_config
+
+    name = str(OmegaConf.load(args.recipe).get("name", Path(args.recipe).stem))
+    members = [(member, load_config(ProbeRecipe, path, over))
+               for member, path, over in suite_members(args.recipe, args.overrides)]
+    for _, cfg in members:
+        check_config(cfg)
+    if args.print_config:
+        from ..utils.typed_config import to_yaml
+
+        print("\n---\n".join(to_yaml(cfg) for _, cfg in members))
+        return 0
+    if not args.encoder:
+        raise SystemExit("vispre eval: error: --encoder DIR is required")
+    suffix = "-random-init" if args.random_init else ""
+    out = Path(args.output or Path(args.encoder) / "eval" / f"{name}{suffix}")
+    results = {}
+    for member, cfg in members:
+        torch.manual_seed(cfg.seed)
+        encoder = load_encoder(args.encoder, random_init=args.random_init)
+        info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init}
+        results[member] = evaluate(cfg, encoder, out / member, encoder_info=info, progress=args.progress)
+        print(results[member]["table"])
+    summary = suite_summary(name, results)
+    write_json(out / RESULTS_FILE, summary)
+    print(f"{name} mean: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["mean"].items()))
+    print(f"results: {out / RESULTS_FILE}")
+    return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -13,20 +13,28 @@ from typing import Optional
 # DINOv2 eval/linear.py: 13 learning rates, scaled by the batch size / 256
 DINOV2_LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
 TASKS = ("single", "multi")  # single-label classes | multi-label (multi-hot targets)
-SET_KINDS = ("shards", "folder", "cifar10", "cifar100", "hf")
+SET_KINDS = ("shards", "folder", "cifar10", "cifar100", "hf", "clevr", "coco_boxes", "visor")
 
 
 @dataclass
 class ProbeSetConfig:
-    kind: str = "shards"  # shards | folder | cifar10 | cifar100 | hf
+    kind: str = "shards"  # shards | folder | cifar10 | cifar100 | hf | clevr | coco_boxes | visor
     # shards: a shard spec (vispre.data.urls); folder: class sub-folders (ImageNet's train/ or val/);
-    # cifar10/100: the folder holding cifar-10-batches-py/ (or that folder); hf: save_to_disk folder or hub name
+    # cifar10/100: the folder holding cifar-10-batches-py/ (or that folder); hf: save_to_disk folder or hub name;
+    # clevr: the CLEVR_v1.0 folder; coco_boxes: the image folder (val2017/); visor: GroundTruth-SparseAnnotations/
+    # (layouts: vispre.evaluation.suites)
     path: str = "???"
-    split: str = ""  # cifar: train | test; hf: the split (a DatasetDict on disk, or load_dataset)
+    split: str = ""  # cifar: train | test; hf: the split (a DatasetDict on disk, or load_dataset); clevr, visor
     format: str = "labelled"  # shards: labelled (KEY.cls) | json (multi-label: KEY.json[label_key])
     image_key: str = "image"  # hf: the image column
     label_key: str = "label"  # hf: the label column; shards json: the key holding a list of labels
-    limit: Optional[int] = None  # only the first N samples (quick runs)
+    # N samples drawn class-stratified at random with the recipe's seed (quick runs; recorded in the protocol)
+    limit: Optional[int] = None
+    clevr_task: str = "count"  # clevr: count (objects - 3, 8 classes) | distance (closest object's depth, 6 bins)
+    annotations: str = ""  # coco_boxes: the instances json
+    max_area: float = 1024.0  # coco_boxes: boxes with area below this (COCO's "small": 32 x 32)
+    context: float = 2.0  # coco_boxes, visor: the crop is a square this many times the box's longer side
+    exclude: list[str] = field(default_factory=lambda: ["left hand", "right hand"])  # visor: names not objects
 
 
 @dataclass

@@ -128,3 +128,13 @@ def format_table(results: dict, task: str) -> str:
             lines.append(f"  {n:>3}-shot  {key} {entry[key]['mean']:6.2f} +- {entry[key]['std']:.2f} "
                          f"({len(entry['tries'])} draws)")
     return "\n".join(lines)
+
+
+def suite_summary(name: str, members: dict[str, dict]) -> dict:
+    """A suite's results (the paper's "Avg Cls"): every member's scores and, for each score all members
+    have, their mean."""
+    scores = {m: r["scores"] for m, r in members.items()}
+    shared = set.intersection(*(set(s) for s in scores.values())) if scores else set()
+    mean = {k: round(sum(s[k] for s in scores.values()) / len(scores), 2) for k in sorted(shared)}
+    return {"name": name, "kind": "suite", "members": scores, "mean": mean,
+            "protocols": {m: r["protocol"] for m, r in members.items()}}

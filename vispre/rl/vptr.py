@@ -99,7 +99,8 @@ def check(cfg: VPTRConfig, source: str = "recipe") -> VPTRConfig:
     if not any(s.target for s in cfg.sources) or all(s.target for s in cfg.sources):
         raise ConfigError(f"{source}: sources: need prior sources and at least one target source (target: true)")
     tasks = {s.task for s in cfg.sources}
-    if cfg.agent.name == "cql" and not cfg.agent.task_embeddings and max(tasks) >= cfg.agent.num_tasks:
+    one_hot = cfg.agent.name == "cql" and not (cfg.agent.task_embeddings or cfg.language)
+    if one_hot and max(tasks) >= cfg.agent.num_tasks:
         raise ConfigError(f"{source}: agent.num_tasks: {cfg.agent.num_tasks} one-hot slots for task ids "
                           f"{sorted(tasks)}")
     for i, arm in enumerate(cfg.arms):

@@ -241,3 +241,48 @@ def test_resume_across_stages_is_exact(tmp_path):
 
     ma, mc_ = a.update(to_torch(na, "cpu")), c.update(to_torch(nc, "cpu"))
     assert ma == mc_
+
+
+def test_continuous_cql_regulariser_on_the_agents_own_samples():
+    """Continuous actions: the agent's CQL term equals the importance-sampled logsumexp recomputed on the same
+    draws (the agent's generator replayed: 4 next actions, 4 policy actions, 4 uniform actions per state)."""
+    torch.manual_seed(0)
+    cfg = CQLConfig(hidden=[8], num_tasks=1, colour_jitter=False, augment_pad=0)
+    agent = CQL(FeatureEncoder(3), ActionSpace(False, 2), cfg).configure(seed=3)
+    batch = {"observations": torch.randn(3, 1, 3), "next_observations": torch.randn(3, 1, 3),
+             "actions": torch.rand(3, 2) * 2 - 1, "rewards": torch.tensor([-1.0, -1.0, 10.0]),
+             "masks": torch.tensor([1.0, 1.0, 0.0]), "mc_returns": torch.tensor([2.0, -3.0, 10.0]),
+             "task": torch.zeros(3, dtype=torch.long)}
+    state = agent.generator.get_state()
+    _, m = agent.losses(batch)
+    agent.generator.set_state(state)
+    with torch.no_grad():
+        x = torch.cat([batch["observations"].flatten(1), torch.ones(3, 1)], 1)
+        xn = torch.cat([batch["next_observations"].flatten(1), torch.ones(3, 1)], 1)
+        a_next, _ = agent.policy.sample(xn, agent.generator, 4)
+        t = agent.critic_target.module
+        y = batch["rewards"] + 0.96 * batch["masks"] * t.q_many(xn, a_next).min(0).values.max(-1).values
+        a_pi, log_pi = agent.policy.sample(x, agent.generator, 4)
+        u = torch.rand((3, 4, 2), generator=agent.generator) * 2 - 1
+        q_data = agent.critic.q_at(x, batch["actions"])
+        q_pi = torch.maximum(agent.critic.q_many(x, a_pi), batch["mc_returns"][None, :, None])
+        cat = torch.cat([q_pi - log_pi[None], agent.critic.q_many(x, u) - 2 * math.log(0.5)], -1)
+        cql = (torch.logsumexp(cat, -1) - q_data).mean()
+        td = (q_data - y).square().mean()
+    assert m["cql_loss"].item() == pytest.approx(cql.item(), rel=1e-5)
+    assert m["td_loss"].item() == pytest.approx(td.item(), rel=1e-5)
+
+
+def test_tanh_gaussian_log_prob_matches_torch():
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import TanhTransform
+
+    from vispre.rl.cql import TanhGaussian
+
+    torch.manual_seed(0)
+    pol = TanhGaussian(4, 2, [8])
+    x = torch.randn(5, 4)
+    a, logp = pol.sample(x, torch.Generator().manual_seed(1))
+    mu, log_std = pol.net(x).chunk(2, -1)
+    dist = TransformedDistribution(Normal(mu, log_std.clamp(-5, 2).exp()), [TanhTransform()])
+    torch.testing.assert_close(logp, dist.log_prob(a.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1), rtol=1e-3, atol=1e-3)

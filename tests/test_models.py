@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vispre.models import (
-    ActionQHead,
+    ActionDecoder,
     DINOHead,
     ProjectionHead,
     build_encoder,
@@ -67,33 +67,49 @@ def _actions(b, k, generator):
     return a
 
 
-def test_qhead_batched_equals_single():
+@pytest.mark.parametrize("encoding", ["tokens", "fourier"])
+def test_action_decoder_packed_equals_one_action_at_a_time(encoding):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    head = ActionQHead(32, depth=2, num_heads=2).eval()
-    tokens, pooled = torch.randn(3, 10, 32), torch.randn(3, 32)
+    decoder = ActionDecoder(32, out_dim=16, width=32, depth=2, num_heads=2, encoding=encoding).eval()
+    tokens = torch.randn(3, 10, 32)
     actions = _actions(3, 5, g)
-    out = head(tokens, actions, pooled=pooled)
-    assert out.shape == (3, 5, 32)
-    one = torch.stack([head(tokens, actions[:, k], pooled=pooled) for k in range(5)], 1)
-    torch.testing.assert_close(out, one, atol=1e-5, rtol=1e-5)
-    # per image too: images do not interact
-    torch.testing.assert_close(head(tokens[1:2], actions[1:2], pooled=pooled[1:2]), out[1:2], atol=1e-5, rtol=1e-5)
+    out = decoder(tokens, actions)
+    assert out.shape == (3, 5, 16)
+    one = torch.stack([decoder(tokens, actions[:, k]) for k in range(5)], 1)
+    torch.testing.assert_close(out, one, atol=1e-5, rtol=1e-5)  # packed actions never see each other
+    torch.testing.assert_close(decoder(tokens[1:2], actions[1:2]), out[1:2], atol=1e-5, rtol=1e-5)
 
 
-def test_qhead_depends_on_action_and_image():
+def test_action_decoder_depends_on_action_and_image():
     torch.manual_seed(0)
-    head = ActionQHead(32, num_heads=2)
+    decoder = ActionDecoder(32, out_dim=16, width=32, num_heads=2)
     tokens = torch.randn(2, 10, 32, requires_grad=True)
     actions = _actions(1, 4, torch.Generator().manual_seed(1)).expand(2, -1, -1)
-    out = head(tokens, actions)
+    out = decoder(tokens, actions)
     assert (out[:, 0] - out[:, 1]).abs().amax() > 1e-4      # different actions
     assert (out[0] - out[1]).abs().amax() > 1e-4            # same actions, different images
     flipped = actions.clone()
     flipped[..., 4] = 1 - flipped[..., 4]
-    assert (head(tokens, flipped) - out).abs().amax() > 1e-4  # the flip bit matters
+    assert (decoder(tokens, flipped) - out).abs().amax() > 1e-4  # the flip bit matters
     out.square().sum().backward()
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    masked = ActionDecoder(32, out_dim=16, width=32, num_heads=2, mask_actions=True)
+    m = masked(tokens.detach(), actions)
+    torch.testing.assert_close(m[:, 0], m[:, 1])  # mask tokens: the action is not seen, the image is
+    assert (m[0] - m[1]).abs().amax() > 1e-4
+
+
+def test_box_tokens_discretise_the_relative_box():
+    from vispre.models.action_decoder import BoxTokens
+    from vispre.views.boxes import relative_action, relative_box
+
+    b1, b2 = torch.tensor([0.2, 0.2, 0.6, 0.6]), torch.tensor([0.4, 0.0, 0.6, 0.4])
+    corners = relative_box(relative_action(b1, b2))  # b2 in b1's frame, where b1 spans [0, 1]
+    torch.testing.assert_close(corners, torch.tensor([0.5, -0.5, 1.0, 0.5]))
+    tokens = BoxTokens(8, bins=10, box_range=(-1.0, 2.0))
+    assert tokens.discretize(corners).tolist() == [5, 1, 6, 5]  # floor((c + 1) / 3 * 10)
+    assert tokens.discretize(torch.tensor([-9.0, 9.0])).tolist() == [0, 9]  # clamped
 
 
 def test_text_tower_tiny():

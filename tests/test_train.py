@@ -12,7 +12,7 @@ import pytest
 
 from tests.shards import make_image_shards
 from tests.test_distributed import accelerate_launch
-from tests.test_methods import TINY_MODEL
+from tests.test_methods import TINY_AB, TINY_MODEL
 
 ROOT = Path(__file__).parents[1]
 
@@ -21,7 +21,7 @@ def overrides(spec, out, *extra):
     return [*TINY_MODEL, f"data.spec={spec}", "data.batch_size=8", "data.workers=1", "data.samples_per_epoch=48",
             "data.shuffle_buffer=8", "data.views=[{count: 2, size: 32, scale: [0.3, 1.0]}, {count: 2, size: 16}]",
             "method.name=ab", "method.dino.out_dim=32", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "method.ab.qhead_depth=1", "method.ab.qhead_heads=2", "train.log_every=1", "train.diagnostics_every=0",
+            *TINY_AB, "method.ab.bootstrap_batch_size=8", "train.log_every=1", "train.diagnostics_every=0",
             "train.trackers=[]", "train.threads=1", f"train.output_dir={out}", *extra]
 
 
@@ -39,7 +39,7 @@ def test_two_ranks_stay_in_sync(tmp_path, shards):
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # DDP averaged the same gradients on both
     assert ranks[0]["target"] == ranks[1]["target"]  # EMA targets in sync too
-    assert ranks[0]["step"] == 8 and ranks[0]["epoch"] == 2  # epochs of 48 / (8 x 2 ranks x 1 worker) = 3 steps
+    assert ranks[0]["step"] == 8 and ranks[0]["epoch"] == 2  # epochs of 48 / (8 bootstrap images x 2 ranks) = 3 steps
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-00000008" / "model.safetensors").exists()
 
 

@@ -156,6 +156,11 @@ class SSLMethod(Method):
     uses_target = False  # whether the base loss itself needs the target network's view encodings
     needs_target = False  # set by a wrapper (AB) that needs them for its own targets
     ema_target = True  # False (AB's "no EMA target" ablation): the target is the online network, no gradient
+    # the annotation space, for AB's own annotation head psi_AB: a fixed set of ``num_annotations`` (DINO's
+    # prototypes, a classifier's classes) or, with None, a per-step set whose ``annotation_inputs`` of width
+    # ``annotation_dim`` AB's head embeds (SimCLR: the annotation images' features; CLIP: caption embeddings)
+    num_annotations: int | None = None
+    annotation_dim: int | None = None
 
     def __init__(self, encoder: Encoder, heads: dict[str, nn.Module], augment: str = "dino"):
         super().__init__()
@@ -225,6 +230,11 @@ class SSLMethod(Method):
         """The step's annotation set, from the target network (e.g. SimCLR's instance keys, CLIP's
         captions); called by ``begin`` once the views are encoded."""
 
+    def annotation_inputs(self, which: str, step: Step) -> torch.Tensor:
+        """[L, annotation_dim]: what AB's annotation head embeds for a per-step annotation set (all ranks;
+        ``online`` with gradient)."""
+        raise NotImplementedError(f"{type(self).__name__} has a fixed annotation set (num_annotations)")
+
     def base_loss(self, step: Step) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
@@ -270,7 +280,7 @@ class SSLMethod(Method):
             with torch.no_grad():
                 step.target = self.encode("target", views, groups=self.target_groups, tokens=tokens)
         self.annotations(step)
-        if step.target is not None:
+        if self.uses_target:
             with torch.no_grad():
                 step.target_logits, step.target_probs = self.target_distribution(step.target.all_pooled(), step)
         return step

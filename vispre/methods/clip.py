@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import Encoder, TextTower
+from ..models import Encoder, LogitScale, TextTower
 from ..utils.distributed import gather_no_grad, gather_with_grad, rank
 from .base import SSLMethod, Step, step_generator
 from .registry import register
@@ -29,15 +29,6 @@ class CLIPConfig:
     embed_dim: int = 512
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
-
-
-class LogitScale(nn.Module):
-    def __init__(self, init: float):
-        super().__init__()
-        self.value = nn.Parameter(torch.tensor(init))
-
-    def forward(self, max_scale: float) -> torch.Tensor:
-        return self.value.exp().clamp(max=max_scale)
 
 
 def pick_captions(batch: dict, generator: torch.Generator) -> list[str]:

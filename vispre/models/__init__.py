@@ -1,18 +1,20 @@
-"""Model building blocks: timm encoders, projection heads, the AB action Q head, CLIP text tower."""
+"""Model building blocks: timm encoders, projection heads, AB's action decoder and annotation head, CLIP text tower."""
 
 from __future__ import annotations
 
+from vispre.models.action_decoder import ActionDecoder
 from vispre.models.encoder import Encoder, EncoderOutput
-from vispre.models.heads import DINOHead, ProjectionHead, WeightNormLinear
-from vispre.models.qhead import ActionQHead
+from vispre.models.heads import AnnotationHead, DINOHead, LogitScale, ProjectionHead, WeightNormLinear
 from vispre.models.text import TEXT_PRESETS, TextTower
 
 __all__ = [
     "TEXT_PRESETS",
-    "ActionQHead",
+    "ActionDecoder",
+    "AnnotationHead",
     "DINOHead",
     "Encoder",
     "EncoderOutput",
+    "LogitScale",
     "ProjectionHead",
     "TextTower",
     "WeightNormLinear",

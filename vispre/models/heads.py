@@ -1,12 +1,13 @@
-"""Projection heads: DINO's prototype head and SimCLR's projection MLP."""
+"""Projection heads: DINO's prototype head, SimCLR's projection MLP, a learned logit scale, AB's annotation head."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
 
@@ -99,3 +100,52 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _flat_apply(self.mlp, x)
+
+
+class LogitScale(nn.Module):
+    """A learned temperature t = exp(s), clamped at ``max_scale`` (CLIP's logit scale)."""
+
+    def __init__(self, init: float):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(init))
+
+    def forward(self, max_scale: float) -> torch.Tensor:
+        return self.value.exp().clamp(max=max_scale)
+
+
+class AnnotationHead(nn.Module):
+    """AB's own annotation representation psi_AB(l) and temperature t_AB (the AB preprint's Eq. 4):
+
+        logits(l) = t_AB <phi / |phi|, psi_AB(l) / |psi_AB(l)|> + b,     t_AB = exp(s) <= max_scale
+
+    psi_AB is a table [L, dim] for a fixed annotation set (``num_annotations``: DINO's prototypes, a
+    classifier's classes) or an MLP on per-step annotation inputs [L, in_dim] (SimCLR: the annotation
+    images' pooled features; CLIP: the text tower's caption embeddings). Unit vectors are ours (as CLIP's);
+    b is learned only with ``bias_init`` set (AB's ``bce``, where sigmoid outputs must reach small targets).
+    """
+
+    def __init__(self, dim: int, num_annotations: int | None = None, in_dim: int | None = None,
+                 hidden_dim: int = 1024, init_scale: float = math.log(1 / 0.07), max_scale: float = 100.0,
+                 bias_init: float | None = None):
+        super().__init__()
+        if (num_annotations is None) == (in_dim is None):
+            raise ValueError("AnnotationHead needs exactly one of num_annotations (a table) and in_dim (an MLP)")
+        self.max_scale = max_scale
+        if num_annotations is not None:
+            self.table = nn.Parameter(torch.empty(num_annotations, dim))
+            trunc_normal_(self.table, std=0.02)
+        else:
+            self.mlp = Mlp(in_dim, hidden_dim, dim)
+            self.mlp.apply(init_linear)
+        self.scale = LogitScale(init_scale)
+        self.bias = nn.Parameter(torch.tensor(float(bias_init))) if bias_init is not None else None
+
+    def embed(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """psi_AB(l) as unit vectors [L, dim]: the table, or the MLP on ``inputs`` [L, in_dim]."""
+        psi = self.table if inputs is None else self.mlp(inputs)
+        return F.normalize(psi.float(), dim=-1)
+
+    def forward(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """Logits [..., L] for image-action features phi [..., dim] against psi [L, dim] (from ``embed``)."""
+        logits = self.scale(self.max_scale) * F.normalize(phi.float(), dim=-1) @ psi.T
+        return logits if self.bias is None else logits + self.bias

@@ -42,6 +42,19 @@ def accuracy_by_iou(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor
     return out
 
 
+def accuracy_in_bins(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, bins: list, prefix: str) -> dict:
+    """Accuracy of ``correct`` pairs in the IoU ``bins`` [[lo, hi], ...]: [0, 0] is IoU exactly 0, any other
+    bin lo < IoU <= hi (the AB paper's bins: 0, (0.01, 0.2], [0.2, 0.5], [0.5, 0.8]); ``all``: every pair.
+    Bins with no pair are left out of the result."""
+    out = {}
+    for lo, hi in bins:
+        in_bin = mask & ((iou == 0) if hi == 0 else (iou > lo) & (iou <= hi))
+        if in_bin.any():
+            out[f"{prefix}/{'iou=0' if hi == 0 else f'iou{lo:g}-{hi:g}'}"] = correct[in_bin].float().mean()
+    out[f"{prefix}/all"] = correct[mask].float().mean()
+    return out
+
+
 def majority_rate(labels: torch.Tensor) -> torch.Tensor:
     """The chance level of an annotation-argmax prediction: the share of the most frequent label
     (what always predicting it would score)."""

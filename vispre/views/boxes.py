@@ -54,6 +54,16 @@ def relative_action(b1: torch.Tensor, b2: torch.Tensor, f1: torch.Tensor | None 
                         flip.to(dx.dtype)], -1)
 
 
+def relative_box(a: torch.Tensor) -> torch.Tensor:
+    """The box reached by action ``a`` as corners (x0, y0, x1, y1) in the source view's own frame (the view
+    spans [0, 1]^2, mirrored if it was flipped): the AB preprint's relative_bbox(bb1, bb2). [..., 5] -> [..., 4]:
+
+    cx = 1/2 + a0,  cy = 1/2 + a1,  (w, h) = (e^a2, e^a3),  corners = (cx - w/2, cy - h/2, cx + w/2, cy + h/2).
+    """
+    cx, cy, w, h = 0.5 + a[..., 0], 0.5 + a[..., 1], torch.exp(a[..., 2]), torch.exp(a[..., 3])
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
 def apply_action(b1: torch.Tensor, a: torch.Tensor, f1: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where action ``a`` leads from view (b1, f1): returns (b2 [..., 4], f2 [...] bool).

@@ -140,3 +140,36 @@ def test_online_dqn_learns_a_chain(tmp_path):
         assert agent.act(obs, sample=False).tolist() == [1] * 5
     assert evaluate_online(agent, lambda: ChainEnv(6, 20), 1, "cpu")["return"] == 1.0
     assert any(e["success"] for e in result["episodes"])
+
+
+def chain_agent(seed):
+    torch.manual_seed(seed)
+    cfg = DQNConfig(lr=1e-3, batch_size=16, discount=0.9, tau=0.02, hidden=[16], eps_decay_steps=300,
+                    augment_pad=0)
+    return DQN(FlatPixelEncoder((1, 6, 3), 16), ActionSpace(True, 2), cfg).configure(seed=0)
+
+
+def test_online_run_resumes_exactly(tmp_path):
+    """600 env steps with offline mixing and shaping-free batches, uninterrupted vs interrupted at the first
+    checkpoint after step 200 and resumed by a freshly built agent: equal parameters, episodes and curves."""
+    online = OnlineConfig(env_steps=600, start_training=100, eval_every=300, eval_episodes=1, checkpoint_every=200,
+                          log_every=100, offline_ratio=0.5)
+    rng = np.random.default_rng(0)
+    env = ChainEnv(6, 20)
+    obs = np.stack([env.frame(int(i)) for i in rng.integers(0, 6, 40)])
+    terminals = np.zeros(40, np.float32)
+    terminals[9::10] = 1
+    offline = Transitions.from_layout({"observations": obs, "actions": rng.integers(0, 2, 40),
+                                       "rewards": np.zeros(40, np.float32), "masks": np.ones(40, np.float32),
+                                       "terminals": terminals, "valids": 1.0 - terminals})
+    a = chain_agent(0)
+    ra = run_online(a, lambda: ChainEnv(6, 20), online, tmp_path / "a", seed=0, offline=offline)
+    b = chain_agent(0)
+    rb = run_online(b, lambda: ChainEnv(6, 20), online, tmp_path / "b", seed=0, offline=offline, stop_at=200)
+    stopped = rb["episodes"][-1]["env_step"]
+    assert 200 <= stopped < 600
+    c = chain_agent(1)  # other initial weights: everything comes from the checkpoint
+    rc = run_online(c, lambda: ChainEnv(6, 20), online, tmp_path / "b", seed=0, offline=offline)
+    assert rc["episodes"] == ra["episodes"] and rc["curve"] == ra["curve"]
+    for (k, x), (_, y) in zip(a.state_dict().items(), c.state_dict().items()):
+        assert torch.equal(x, y), k

@@ -316,9 +316,14 @@ def evaluate_online(agent: Agent, make_env: Callable, episodes: int, device, see
 
 
 def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str | Path, seed: int = 0,
-               offline: Transitions | None = None, shaper=None, device="cpu") -> dict:
+               offline: Transitions | None = None, shaper=None, device="cpu", stop_at: int | None = None) -> dict:
     """Train ``agent`` (configured) online for ``cfg.env_steps``; resumes from ``out_dir``'s newest checkpoint.
-    Returns {"curve": evaluations, "episodes": training episodes}."""
+    Returns {"curve": evaluations, "episodes": training episodes}.
+
+    A checkpoint due at step k is written when the episode running at k ends (or at the last step): episode i
+    starts from ``env.reset(i)``, so a resumed run (same agent, rng, replay buffer, episode count) continues
+    exactly as the uninterrupted one. ``stop_at``: return after the first checkpoint at or after that step
+    (an interruption, for tests)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = make_env()
@@ -339,6 +344,7 @@ def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str
     sums, count = {}, 0
     b = agent.cfg.batch_size
     n_off = int(round(b * cfg.offline_ratio)) if offline is not None else 0
+    due = False
     with open(out / "metrics.jsonl", "a", buffering=1) as logf:
         while step < cfg.env_steps:
             step += 1
@@ -356,7 +362,8 @@ def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str
             ep_return += reward
             ep_len += 1
             frame = next_frame
-            if terminated or truncated:
+            ended = terminated or truncated
+            if ended:
                 counters["episodes"].append({"env_step": step, "return": ep_return, "success": bool(success),
                                              "length": ep_len})
                 logf.write(json.dumps({"episode": counters["episodes"][-1]}) + "\n")
@@ -384,6 +391,10 @@ def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str
                 point["train_success"] = float(np.mean([e["success"] for e in recent])) if recent else 0.0
                 counters["curve"].append(point)
                 logf.write(json.dumps({"eval": point}) + "\n")
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.env_steps):
+            due = due or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            if (due and ended) or (cfg.checkpoint_every and step == cfg.env_steps):
                 save_checkpoint(out, step, agent, rng, counters, extra=buffer.state())
+                due = False
+                if stop_at is not None and step >= stop_at:
+                    break
     return counters

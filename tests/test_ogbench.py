@@ -100,3 +100,181 @@ def test_pixel_dataset_records_its_render_quality(pixel_data):
     assert theirs["observations"].std() > 10  # a rendered scene, not a blank frame
     assert meta["render_quality"] == "lean" and meta["render"]["shadowsize"] == 0
     assert read_metadata(train)["render_quality"] == "lean"
+
+
+# ----- OGBench's agents --------------------------------------------------------------------------------------------
+import torch  # noqa: E402
+
+from vispre.rl import rl_recipe  # noqa: E402,F401  (registers the agents)
+from vispre.rl.agent import to_torch  # noqa: E402
+from vispre.rl.encoders import FeatureEncoder  # noqa: E402
+from vispre.rl.networks import ActionSpace  # noqa: E402
+from vispre.rl.ogbench_layout import ImpalaEncoder, shift_shared  # noqa: E402
+from vispre.rl.registry import AGENTS  # noqa: E402
+from vispre.rl.transitions import Transitions  # noqa: E402
+
+OGBENCH_AGENTS = ("gcbc", "gcivl", "gciql", "hiql")
+# DDPG+BC with a BC weight that dominates its (scale-free) Q term, so that the likelihood of the actions must rise
+SMALL = {"actor_hidden": [64, 64], "value_hidden": [64, 64], "subgoal_steps": 3, "alpha": 10.0}
+
+
+def small_config(name: str, **kw):
+    cls = AGENTS[name].config
+    fields = cls.__dataclass_fields__
+    return cls(**{k: v for k, v in {**SMALL, **kw}.items() if k in fields})
+
+
+def train(agent, data, steps: int, batch: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [agent.update(to_torch(agent.make_batch(data, data.sample(batch, rng), rng), "cpu")) for _ in range(steps)]
+
+
+def early_late(history: list[dict], key: str, n: int = 10) -> tuple[float, float]:
+    return float(np.mean([h[key] for h in history[:n]])), float(np.mean([h[key] for h in history[-n:]]))
+
+
+@pytest.mark.parametrize("name", [*OGBENCH_AGENTS, "gciql_awr"])
+def test_agents_learn_on_a_generated_state_dataset(state_data, name):
+    """OGBench's state layout (no encoder, [s, g] concatenated): the value loss falls and the actor's likelihood of
+    the oracle's actions rises; greedy actions are boxes in [-1, 1], V(s, g) one number per state."""
+    out, _, _ = state_data
+    data = Transitions.from_file(out / "cube-single-play-v0.npz")
+    torch.manual_seed(0)
+    name, extra = ("gciql", {"actor_loss": "awr", "alpha": 1.0}) if name == "gciql_awr" else (name, {})
+    cfg = small_config(name, lr=1e-3, batch_size=32, **extra)
+    agent = AGENTS[name](FeatureEncoder(28), ActionSpace(False, 5), cfg).configure(seed=0)
+    history = train(agent, data, 150, 32)
+    if name != "gcbc":
+        first, last = early_late(history, "value_loss")
+        assert last < 0.5 * first, (first, last)
+    key = "low_bc_log_prob" if name == "hiql" else "bc_log_prob"
+    first, last = early_late(history, key)
+    # std 1: log pi(a) = -5/2 log(2 pi) - |a - mu|^2 / 2, so the squared action error is what the log-likelihood says
+    ceiling = -2.5 * np.log(2 * np.pi)
+    assert -2 * (last - ceiling) < 0.5 * -2 * (first - ceiling), (first, last)
+    obs = torch.from_numpy(data.stack(data.valid[:6]))
+    goals = torch.from_numpy(data.stack(data.traj_last[data.valid[:6]]))
+    actions = agent.act(obs, goals, sample=False)
+    assert actions.shape == (6, 5) and actions.abs().max() <= 1
+    value = agent.value(obs, goals)
+    assert (value is None) if name == "gcbc" else value.shape == (6,)
+
+
+def test_goal_batches_follow_ogbench(state_data):
+    """Value goals: reward 0 / mask 0 exactly where the goal is the state itself; actor and HIQL goals: later states
+    of the same trajectory (the one goal sampler), s_{t+k} clipped at the trajectory's last transition."""
+    out, _, _ = state_data
+    data = Transitions.from_file(out / "cube-single-play-v0.npz")
+    agent = AGENTS["hiql"](FeatureEncoder(28), ActionSpace(False, 5), small_config("hiql"))
+    rng = np.random.default_rng(0)
+    rows = data.sample(512, rng)
+    batch = agent.make_batch(data, rows, rng)
+    same = np.all(batch["value_goals"] == batch["observations"], axis=(1, 2))
+    assert np.array_equal(batch["masks"] == 0, same) and set(np.unique(batch["rewards"])) == {-1.0, 0.0}
+    assert 0.15 < same.mean() < 0.3  # 20% current goals (plus rare equal states)
+    position = {data.observations[r].tobytes(): r for r in range(data.num_rows)}  # rows are distinct states here
+
+    def goal_rows(key):
+        return np.array([position[g[0].tobytes()] for g in batch[key]])
+
+    actor, low, target = goal_rows("actor_goals"), goal_rows("low_actor_goals"), goal_rows("high_actor_targets")
+    last = data.traj_last[rows]
+    assert np.all((actor > rows) | (rows == last)) and np.all(actor <= last)
+    assert np.array_equal(low, np.minimum(rows + 3, last))
+    high = goal_rows("high_actor_goals")
+    assert np.array_equal(target, np.minimum(rows + 3, high))
+
+
+def pixel_prototype() -> ImpalaEncoder:
+    return ImpalaEncoder(3, 64, stack_sizes=(4, 8), mlp_dims=(32,))
+
+
+def test_ogbench_network_layout_on_pixels(pixel_data):
+    """Each network its own encoder; value / critic / actor read [s; g] stacked on the channels (6 = 2 x 3); HIQL's
+    phi reads [s; g] and is shared by the value, its target and the low actor, the state encoders read s (3);
+    Gaussian actors have std 1; LayerNorm follows the activation in value MLPs."""
+    space = ActionSpace(False, 5)
+    gciql = AGENTS["gciql"](pixel_prototype(), space, small_config("gciql"))
+    firsts = [m.stacks[0].conv for m in gciql.encoder]
+    assert [c.in_channels for c in firsts] == [6, 6, 6] and len({id(c.weight) for c in firsts}) == 3
+    target_conv = gciql.critic_target.module.input.encoder.stacks[0].conv
+    assert target_conv.weight is not gciql.critic.input.encoder.stacks[0].conv.weight
+    assert torch.equal(target_conv.weight, gciql.critic.input.encoder.stacks[0].conv.weight)
+    hiql = AGENTS["hiql"](pixel_prototype(), space, small_config("hiql"))
+    assert [m.stacks[0].conv.in_channels for m in hiql.encoder] == [6, 3, 3, 6]  # phi, value, low actor, high actor
+    assert not any("phi" in n for n, _ in hiql.value_target.module.named_parameters())
+    x = torch.randn(4, hiql.high_input.num_features)
+    assert torch.allclose(hiql.high_actor.dist(x).stddev, torch.ones(4, 10))
+    kinds = [type(m).__name__ for m in hiql.value_heads.heads.members[0]]
+    assert kinds[:3] == ["Linear", "GELU", "LayerNorm"]
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in hiql.low_actor.net)
+
+
+def test_one_crop_per_sample_shared_by_its_images(pixel_data):
+    out, _, _ = pixel_data
+    data = Transitions.from_file(out / "visual-cube-single-play-v0.npz")
+    rows = data.valid[:6]
+    stack = torch.from_numpy(data.stack(rows))
+    crops = shift_shared([stack, stack.clone(), stack.flip(0)], 3, torch.Generator().manual_seed(0))
+    assert all(c.shape == stack.shape and c.dtype == torch.uint8 for c in crops)
+    assert torch.equal(crops[0], crops[1]) and not torch.equal(crops[0], stack)
+    padded = torch.nn.functional.pad(stack[:, 0].permute(0, 3, 1, 2), (3, 3, 3, 3), mode="replicate")
+    for i in range(6):  # a crop of the padded frame; the third stack (samples reversed) used the same offsets
+        offsets = [(dy, dx) for dy in range(7) for dx in range(7)
+                   if torch.equal(padded[i, :, dy:dy + 64, dx:dx + 64].permute(1, 2, 0), crops[0][i, 0])]
+        flipped = torch.nn.functional.pad(stack.flip(0)[i, 0].permute(2, 0, 1), (3, 3, 3, 3), mode="replicate")
+        assert any(torch.equal(flipped[:, dy:dy + 64, dx:dx + 64].permute(1, 2, 0), crops[2][i, 0])
+                   for dy, dx in offsets)
+    # the agent applies it to every image of the batch at once
+    agent = AGENTS["gcivl"](pixel_prototype(), ActionSpace(False, 5), small_config("gcivl", augment_prob=1.0))
+    same = {k: stack for k in agent.image_keys}
+    cropped = agent.augmented(same)
+    assert all(torch.equal(cropped[k], cropped["observations"]) for k in agent.image_keys)
+    agent.cfg.shared_crop = False  # DrQ's independent shifts differ between the images
+    independent = agent.augmented(same)
+    assert not all(torch.equal(independent[k], independent["observations"]) for k in agent.image_keys)
+
+
+@pytest.mark.parametrize("name", OGBENCH_AGENTS)
+def test_agents_train_on_generated_pixels(pixel_data, name):
+    """Every agent on the generated 64x64 frames (a small IMPALA per network, the shared crop on): the actor's
+    likelihood of the dataset's actions rises; greedy actions for goal images."""
+    out, _, _ = pixel_data
+    data = Transitions.from_file(out / "visual-cube-single-play-v0.npz")
+    torch.manual_seed(0)
+    cfg = small_config(name, lr=1e-3, augment_prob=0.5, low_actor_rep_grad=True)
+    agent = AGENTS[name](pixel_prototype(), ActionSpace(False, 5), cfg).configure(seed=0)
+    history = train(agent, data, 24, 8)
+    key = "low_bc_log_prob" if name == "hiql" else "bc_log_prob"
+    first, last = early_late(history, key, 6)
+    assert last > first, (first, last)
+    assert all(np.isfinite(v) for h in history for v in h.values())
+    obs = torch.from_numpy(data.stack(data.valid[:3]))
+    assert agent.act(obs, obs.flip(0), sample=False).shape == (3, 5)
+
+
+def test_gciql_actor_advantage_comes_from_the_online_critic(state_data):
+    """DDPG+BC evaluates the actor's action with the ONLINE critic (not its Polyak target), whose parameters get no
+    gradient from the actor's loss; AWR's advantage is min_k Q_k - V of the online networks."""
+    out, _, _ = state_data
+    data = Transitions.from_file(out / "cube-single-play-v0.npz")
+    torch.manual_seed(0)
+    agent = AGENTS["gciql"](FeatureEncoder(28), ActionSpace(False, 5), small_config("gciql", lr=1e-3)).configure()
+    train(agent, data, 20, 32)  # online and target critics now differ
+    rng = np.random.default_rng(1)
+    batch = to_torch(agent.make_batch(data, data.sample(64, rng), rng), "cpu")
+    _, metrics = agent.losses(batch)
+    obs, goals = batch["observations"], batch["actor_goals"]
+    with torch.no_grad():
+        pi = agent.actor.mode(agent.actor_input(obs, goals)).clamp(-1, 1)
+        online = agent.critic(obs, goals, pi).min(0).values.mean()
+        target = agent.critic_target.module(obs, goals, pi).min(0).values.mean()
+    assert metrics["q_pi_mean"].item() == pytest.approx(online.item(), rel=1e-5)
+    assert abs(online.item() - target.item()) > 1e-4
+    from vispre.rl.ogbench_layout import frozen_call
+
+    agent.zero_grad(set_to_none=True)
+    pi = agent.actor.mode(agent.actor_input(obs, goals))
+    frozen_call(agent.critic, obs, goals, pi).min(0).values.mean().backward()
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())

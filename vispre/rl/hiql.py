@@ -1,4 +1,7 @@
-"""HIQL (Park, Ghosh, Eysenbach, Levine, NeurIPS 2023), as OGBench's ``impls/agents/hiql.py`` sets it up.
+"""``hiql_shared``: vispre's HIQL variant with ONE encoder shared by every network and the goal fused late
+(Park, Ghosh, Eysenbach, Levine, NeurIPS 2023; losses as OGBench's ``impls/agents/hiql.py``). The agent
+named ``hiql`` is OGBench's own layout (``hiql_ogbench.py``: one encoder per network, phi on the
+channel-stacked [s; g] image); this one stays for single-frame pretrained encoders on a CPU budget.
 
 Goal-conditioned value V(s, phi(s, g)) learnt without actions or rewards (sparse goal reward,
 r = 0 and m = 0 when s == g, else r = -1); a high-level policy proposes the sub-goal representation
@@ -27,7 +30,7 @@ from .transitions import Transitions, goal_rewards
 
 @dataclass
 class HIQLConfig(TDConfig):
-    name: str = "hiql"
+    name: str = "hiql_shared"
     subgoal_steps: int = 10
     rep_dim: int = 10
     high_beta: float = 3.0
@@ -63,7 +66,7 @@ class GoalValue(nn.Module):
         return self.v1(x).squeeze(-1), self.v2(x).squeeze(-1)
 
 
-@register_agent("hiql", HIQLConfig)
+@register_agent("hiql_shared", HIQLConfig)
 class HIQL(Agent):
     goal_conditioned = True
 

@@ -182,3 +182,14 @@ def test_shard_commands_exit_nonzero_on_unreadable_shards(tmp_path, capsys):
     capsys.readouterr()
     assert main(["shards", "stream", missing, "--workers", "0", "--crop", "16"]) == 1
     assert "2 shards could not be read" in capsys.readouterr().err
+
+
+def test_the_deadline_counts_time_spent_reading_not_a_slow_consumer(tmp_path):
+    from vispre.data.urls import open_url
+
+    directory, _ = make_image_shards(tmp_path, [3])
+    stream = open_url(str(directory / "shard-00000.tar"), deadline=0.5)
+    first = stream.read(512)
+    time.sleep(0.7)  # the training side is slow: not the shard's fault
+    assert len(first) == 512 and len(stream.read(512)) == 512
+    stream.close()

@@ -93,88 +93,45 @@ class ShardDeadline(TimeoutError):
 
 
 class DeadlineReader:
-    """A stream that fails once ``seconds`` have passed since it was opened.
+    """A stream that fails once reading it has taken ``seconds`` in all.
 
     ``http_timeout`` bounds the wait for *one* byte; a server that trickles a byte every few seconds
-    never trips it and holds a reader forever. Reads here go through ``read1`` where the stream has it
-    (HTTP responses, files, pipes' buffered stdout): each call returns after at most one receive, so the
-    deadline is checked at least once per ``http_timeout``.
+    never trips it and holds a reader forever. The time counted is the time spent *inside* reads (waiting
+    for the source), not the time the consumer takes between them: a shard read slowly because training
+    is slow is not cut off. Reads go through ``read1`` where the stream has it (HTTP responses, files,
+    pipes' buffered stdout): each call returns after at most one receive, so the deadline is checked at
+    least once per ``http_timeout``.
     """
 
     def __init__(self, stream: IO[bytes], url: str, seconds: float):
         self.stream, self.url, self.seconds = stream, url, seconds
-        self.deadline = time.monotonic() + seconds
+        self.spent = 0.0  # seconds spent in read() so far
         self._read1 = getattr(stream, "read1", None)
 
-    def _check(self) -> None:
-        if time.monotonic() > self.deadline:
+    def _check(self, since: float) -> None:
+        if self.spent + time.monotonic() - since > self.seconds:
             raise ShardDeadline(f"{self.url}: reading the shard took more than data.shard_deadline="
                                 f"{self.seconds:g} s")
 
     def read(self, size: int = -1) -> bytes:
-        self._check()
-        if self._read1 is None:
-            return self.stream.read(size)
-        whole = size is None or size < 0
-        parts, got = [], 0
-        while whole or got < size:
-            chunk = self._read1(1 << 16 if whole else size - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-            if whole or got < size:
-                self._check()
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class ShardDeadline(TimeoutError):
-    """A shard read took longer than its overall deadline (``data.shard_deadline``)."""
-
-
-class DeadlineReader:
-    """A stream that fails once ``seconds`` have passed since it was opened.
-
-    ``http_timeout`` bounds the wait for *one* byte; a server that trickles a byte every few seconds
-    never trips it and holds a reader forever. Reads here go through ``read1`` where the stream has it
-    (HTTP responses, files, pipes' buffered stdout): each call returns after at most one receive, so the
-    deadline is checked at least once per ``http_timeout``.
-    """
-
-    def __init__(self, stream: IO[bytes], url: str, seconds: float):
-        self.stream, self.url, self.seconds = stream, url, seconds
-        self.deadline = time.monotonic() + seconds
-        self._read1 = getattr(stream, "read1", None)
-
-    def _check(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise ShardDeadline(f"{self.url}: reading the shard took more than data.shard_deadline="
-                                f"{self.seconds:g} s")
-
-    def read(self, size: int = -1) -> bytes:
-        self._check()
-        if self._read1 is None or size is None or size < 0:
-            return self.stream.read(size)
-        parts, got = [], 0
-        while got < size:
-            chunk = self._read1(size - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-            if got < size:
-                self._check()
-        return b"".join(parts)
+        start = time.monotonic()
+        self._check(start)
+        try:
+            if self._read1 is None:
+                return self.stream.read(size)
+            whole = size is None or size < 0
+            parts, got = [], 0
+            while whole or got < size:
+                chunk = self._read1(1 << 16 if whole else size - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+                if whole or got < size:
+                    self._check(start)
+            return b"".join(parts)
+        finally:
+            self.spent += time.monotonic() - start
 
     def close(self) -> None:
         self.stream.close()

@@ -189,3 +189,28 @@ def test_td_target_units_and_normalisation(tmp_path):
     assert 0 < float(metrics_total["ab/reward_weight"]) < 0.4
     assert float(metrics_total["ab/reward_weight"]) == pytest.approx(0.4 / (0.4 + 0.6 * mass), rel=0.2)
     torch.testing.assert_close(y_total.sum(-1), torch.ones(B_BOOTSTRAP, N_VIEWS))
+
+
+def test_overlap_sampler_moves_the_mean_iou_with_the_box_marginal_fixed():
+    from vispre.data.crop_boxes import sample_boxes
+    from vispre.views.boxes import box_iou
+
+    def draw(rho, groups=1500):
+        g = torch.Generator().manual_seed(0)
+        boxes = torch.stack([sample_boxes(4, 200, 160, (0.05, 1.0), generator=g, overlap=rho) for _ in range(groups)])
+        iou = box_iou(boxes[:, :, None], boxes[:, None])[:, ~torch.eye(4, dtype=torch.bool)].mean()
+        area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).flatten()
+        centre = ((boxes[..., 0] + boxes[..., 2]) / 2).flatten()
+        return float(iou), area, centre
+
+    q = torch.tensor([0.1, 0.5, 0.9])
+    results = {rho: draw(rho) for rho in (-1 / 3, 0.0, 0.5, 0.9)}
+    ious = [results[rho][0] for rho in sorted(results)]
+    assert ious == sorted(ious) and ious[-1] - ious[0] > 0.2  # the mean IoU moves with the correlation
+    for _, area, centre in results.values():  # each box is still RandomResizedCrop(0.05, 1)'s
+        torch.testing.assert_close(area.quantile(q), results[0.0][1].quantile(q), atol=0.04, rtol=0)
+        torch.testing.assert_close(centre.quantile(q), results[0.0][2].quantile(q), atol=0.04, rtol=0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(sample_boxes(4, 64, 64, generator=g1), sample_boxes(4, 64, 64, generator=g2, overlap=0.0))
+    with pytest.raises(ValueError, match="overlap"):
+        sample_boxes(4, 64, 64, overlap=-0.5)  # below -1 / (n - 1): no such correlation

@@ -28,6 +28,9 @@ class CropGroup:
     size: int = 224
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    # correlation of the group's box draws (crop_boxes.sample_boxes): each box stays RandomResizedCrop's,
+    # the mean IoU between them moves up (> 0) or down (< 0, down to -1 / (count - 1)); 0: independent
+    overlap: float = 0.0
 
 
 def _to_chw(array) -> torch.Tensor:
@@ -55,7 +58,8 @@ class RandomViews:
     def __call__(self, data: bytes, generator: torch.Generator) -> dict:
         width, height = image_size(data)
         check_size(width, height, self.max_pixels)
-        boxes = [sample_boxes(g.count, width, height, g.scale, g.ratio, generator) for g in self.groups]
+        boxes = [sample_boxes(g.count, width, height, g.scale, g.ratio, generator, overlap=g.overlap)
+                 for g in self.groups]
         # source pixels per output pixel, for the tightest box: how much smaller we may decode
         allowed = min(float(min((b[:, 2] - b[:, 0]).min() * width, (b[:, 3] - b[:, 1]).min() * height)) / g.size
                       for b, g in zip(boxes, self.groups))

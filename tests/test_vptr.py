@@ -168,6 +168,8 @@ def test_mix_counts_and_stage_weights():
     srcs = [TaskSource(str(i), chain_data([5, 5], seed=i), np.zeros(10, np.float32), i) for i in range(2)]
     mix = DatasetMix(srcs, [0.9, 0.1])
     assert mix.counts(64) == [57, 7]  # floor(64 * 0.9) = 57, the rest from the target
+    three = DatasetMix(srcs * 2, [1, 1, 1, 0])  # stage 2 with three prior sources: no target row
+    assert three.counts(64) == [21, 21, 22, 0]
     batch = mix.sample(64, np.random.default_rng(0))
     assert batch["task"].tolist() == [0] * 57 + [1] * 7 and batch["observations"].shape == (64, 1, 8, 8, 3)
 

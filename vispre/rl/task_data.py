@@ -11,8 +11,9 @@ and the return-to-go G_t = r_t + gamma * m_t * G_{t+1} (G of a trajectory's last
 the Monte-Carlo bound of CQL's regulariser. A trajectory counts as successful when the data says so (a
 mask of 0: the task was completed) or, for demonstration data without rewards, always.
 
-Mixing (V-PTR's ``MixingReplayBuffer``): a batch of B holds floor(B * w_i) rows of each source but the last,
-which gets the rest; stage 3 switches the weights to (ratio, 1 - ratio) of (prior, target) from a given step.
+Mixing (V-PTR's ``MixingReplayBuffer``): a batch of B holds floor(B * w_i) rows of each source, the rest from the
+last source with a positive weight; stage 3 switches the weights to (ratio, 1 - ratio) of (prior, target) from a
+given step.
 """
 
 from __future__ import annotations
@@ -105,9 +106,12 @@ class DatasetMix:
         self.weights = (w / w.sum()).tolist()
 
     def counts(self, batch_size: int) -> list[int]:
-        """floor(B * w_i) for every source but the last, which takes the rest."""
-        first = [int(np.floor(batch_size * w)) for w in self.weights[:-1]]
-        return first + [batch_size - sum(first)]
+        """floor(B * w_i) rows of each source, the rest to the last source with a positive weight (two sources:
+        V-PTR's floor(B * ratio) and B - floor(B * ratio))."""
+        counts = [int(np.floor(batch_size * w + 1e-9)) for w in self.weights]
+        last = max(i for i, w in enumerate(self.weights) if w > 0)
+        counts[last] += batch_size - sum(counts)
+        return counts
 
     def sample(self, batch_size: int, rng: np.random.Generator, frame_stack: int = 1) -> dict[str, np.ndarray]:
         parts = [s.batch(s.data.sample(n, rng), frame_stack)

@@ -173,3 +173,39 @@ def test_online_run_resumes_exactly(tmp_path):
     assert rc["episodes"] == ra["episodes"] and rc["curve"] == ra["curve"]
     for (k, x), (_, y) in zip(a.state_dict().items(), c.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_dqn_and_sac_targets_by_hand():
+    """Double DQN: y = r + gamma m Qbar(s', argmax_a Q(s', a)); SAC: y = r + gamma m (min_i Qbar_i(s', a') -
+    alpha log pi(a'|s')), a' the agent's own (replayed) draw."""
+    from vispre.rl.encoders import FeatureEncoder
+    from vispre.rl.online import SAC, SACConfig
+
+    torch.manual_seed(0)
+    batch = {"observations": torch.randn(4, 1, 3), "next_observations": torch.randn(4, 1, 3),
+             "rewards": torch.tensor([0.0, 1.0, 0.0, 0.5]), "masks": torch.tensor([1.0, 0.0, 1.0, 1.0])}
+    dqn = DQN(FeatureEncoder(3), ActionSpace(True, 3), DQNConfig(hidden=[8], huber=False)).configure()
+    with torch.no_grad():  # make the target differ from the online network
+        for p in dqn.critic_target.module.parameters():
+            p.add_(0.1)
+    batch_d = {**batch, "actions": torch.tensor([0, 1, 2, 1])}
+    _, m = dqn.losses(batch_d)
+    with torch.no_grad():
+        xn, x = batch["next_observations"].flatten(1), batch["observations"].flatten(1)
+        best = dqn.critic["q"](xn).argmax(-1)
+        nv = dqn.critic_target.module["q"](xn)[torch.arange(4), best]
+        y = batch["rewards"] + 0.99 * batch["masks"] * nv
+        q = dqn.critic["q"](x)[torch.arange(4), batch_d["actions"]]
+    assert m["q_loss"].item() == pytest.approx(((q - y) ** 2).mean().item(), rel=1e-5)
+
+    sac = SAC(FeatureEncoder(3), ActionSpace(False, 2), SACConfig(hidden=[8], init_temperature=0.3)).configure(seed=1)
+    batch_s = {**batch, "actions": torch.rand(4, 2) * 2 - 1}
+    state = sac.generator.get_state()
+    _, m = sac.losses(batch_s)
+    sac.generator.set_state(state)
+    with torch.no_grad():
+        a_next, logp = sac.policy.sample(xn, sac.generator)
+        t = sac.critic_target.module
+        y = batch["rewards"] + 0.99 * batch["masks"] * (torch.min(*t["q"](xn, a_next)) - 0.3 * logp)
+        q1, q2 = sac.critic["q"](x, batch_s["actions"])
+    assert m["critic_loss"].item() == pytest.approx(((q1 - y) ** 2 + (q2 - y) ** 2).mean().item(), rel=1e-5)

@@ -12,7 +12,8 @@ What follows V-PTR's launch script and learner:
   the logsumexp are raised to at least the dataset's return-to-go G(s), so the regulariser never pushes Q
   below a return the data achieved (discrete: every action's Q inside the logsumexp);
 * separate critic and actor encoders, both initialised from the given encoder (the ICVF export);
-* random crop (pad 4) and colour jitter on observations and next observations;
+* random crop (pad 4) and colour jitter on observations and next observations (V-PTR's ranges; our jitter's
+  brightness is a factor in [0.8, 1.2], V-PTR's TF-style one an offset in [-0.2, 0.2]);
 * task conditioning: a one-hot task id, or a fixed per-task embedding (e.g. an instruction's open_clip text
   embedding, :func:`instruction_embeddings`) concatenated to the encoder's features, for critic and actor;
 * a SAC actor with a learnt temperature (V-PTR's ``target_entropy_factor``), critic lr 3e-4, actor lr 1e-4.

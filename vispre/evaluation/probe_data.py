@@ -9,6 +9,9 @@ class indices [B] (task "single") or float multi-hot vectors [B, C] (task "multi
 * ``folder``: class sub-folders (ImageNet's train/ and val/ in their standard layout).
 * ``cifar10`` / ``cifar100``: the official python-pickle batches, read with a restricted unpickler.
 * ``hf``: a Hugging Face ``datasets`` dataset saved with save_to_disk, or by name when online.
+
+The shared base (IndexedProbeSet, the stratified ``limit``) is in probe_set.py; the paper's other layouts
+(CLEVR, COCO boxes, VISOR) in suites.py.
 """
 
 from __future__ import annotations
@@ -16,106 +19,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from ..data.sources.base import read_bytes
 from .cifar import NUM_CLASSES, read_cifar, split_files
 from .probe_recipe import ProbeSetConfig
-from .subsets import describe_subset, stratified_subset
+from .probe_set import IndexedProbeSet, file_digest, to_targets
+from .suites import build_suite_set
 from .transform import EvalTransform
 
 log = logging.getLogger("vispre.evaluation")
-
-
-def to_targets(labels: list, task: str, num_classes: int | None, where: str) -> torch.Tensor:
-    """Ints -> int64 [B]; lists of ints -> float multi-hot [B, num_classes]."""
-    if task == "single":
-        return torch.as_tensor([int(v) for v in labels], dtype=torch.int64)
-    target = torch.zeros(len(labels), num_classes)
-    for row, value in enumerate(labels):
-        value = [value] if isinstance(value, int) else list(value)
-        if any(not 0 <= int(v) < num_classes for v in value):
-            raise ValueError(f"{where}: label {value} outside [0, {num_classes})")
-        target[row, [int(v) for v in value]] = 1.0
-    return target
-
-
-def file_digest(paths: list[Path]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-class _Images(Dataset):
-    """Map-style: item i -> (uint8 crop, label) through the transform (runs in loader workers)."""
-
-    def __init__(self, source: IndexedProbeSet, transform: EvalTransform):
-        self.source, self.transform = source, transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        image, label = self.source.item(index)
-        try:
-            return self.transform.image(image), label
-        except Exception as e:
-            raise ValueError(f"{self.source.where(index)}: {e}") from e
-
-
-def _collate(items):
-    return torch.stack([image for image, _ in items]), [label for _, label in items]
-
-
-class IndexedProbeSet:
-    """Sources with random access: ``item(i) -> (bytes | array | PIL image, label)``."""
-
-    task = "single"
-    num_classes: int | None = None
-    classes: list[str] | None = None  # class names in index order, when the data has them
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def item(self, index: int):
-        raise NotImplementedError
-
-    subset: dict | None = None  # how ``limit`` drew the samples (None: all of them)
-
-    def where(self, index: int) -> str:
-        return f"item {index}"
-
-    def count(self) -> int:
-        return len(self)
-
-    def draw(self, labels: list, limit: int | None, seed: int) -> list[int]:
-        """The indices a ``limit`` keeps (class-stratified, random), remembered for the protocol."""
-        if limit is None or limit >= len(labels):
-            return list(range(len(labels)))
-        chosen = stratified_subset(labels, limit, seed, self.task)
-        self.subset = describe_subset(labels, chosen, limit, seed, self.task)
-        return chosen
-
-    def subset_identity(self) -> dict:
-        if self.subset is None:
-            return {}
-        s = self.subset
-        return {"subset": f"{s['limit']} of {s['of']}, {s['drawn']}, {s['classes_in_subset']} of "
-                          f"{s['classes_in_data']} classes"}
-
-    def batches(self, transform: EvalTransform, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Any]]:
-        loader = DataLoader(_Images(self, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=_collate)
-        for images, labels in loader:
-            yield images, to_targets(labels, self.task, self.num_classes, self.describe())
 
 
 class FolderProbeSet(IndexedProbeSet):
@@ -363,7 +276,5 @@ def build_probe_set(cfg: ProbeSetConfig, task: str, num_classes: int | None, see
         return CifarProbeSet(cfg.path, cfg.kind, cfg.split or "train", cfg.limit, seed)
     if cfg.kind == "hf":
         return HFProbeSet(cfg.path, cfg.split, cfg.image_key, cfg.label_key, task, num_classes, cfg.limit, seed)
-    from .suites import build_suite_set  # the paper's layouts: COCO boxes, VISOR
-
-    return build_suite_set(cfg, task, num_classes, seed)
+    return build_suite_set(cfg, task, num_classes, seed)  # the paper's layouts: CLEVR, COCO boxes, VISOR
     raise ValueError(f"unknown source kind {cfg.kind!r}")

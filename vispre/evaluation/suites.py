@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .probe_data import IndexedProbeSet, file_digest
+from .probe_set import IndexedProbeSet, file_digest
 
 CLEVR_DISTANCE_BINS = [8.0, 8.5, 9.0, 9.5, 10.0]  # VTAB: thresholds [0, 8, 8.5, 9, 9.5, 10, 100]
 SUITE_KINDS = ("clevr", "coco_boxes", "visor")

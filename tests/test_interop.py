@@ -231,3 +231,85 @@ def test_custom_encoders_are_written_with_their_timm_kwargs(tmp_path):
 def test_non_clip_exports_have_no_open_clip_files(vit_export):
     assert not (vit_export / "open_clip_config.json").exists()
     assert json.loads((vit_export / "export.json").read_text())["open_clip"] is None
+
+
+# -- model cards through huggingface_hub, no local paths ------------------------------------------------------
+def test_model_card_is_a_hub_card_with_licence_datasets_and_model_index(vit_run, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from vispre.export.card import append_scores
+    from vispre.export.hub import push_to_hub
+
+    out = export(vit_run[0], tmp_path / "encoder", license="cc-by-4.0", datasets=["pixparse/cc12m-wds"])
+    protocol = {"eval": "demo_digits", "task": "single", "encoder": {"path": str(out.resolve())},
+                "data": {"train": f"{tmp_path.resolve()}/digits/shard-{{00000..00003}}.tar"}}
+    append_scores(out, "linear digits", {"top1": 92.75, "top5": 99.5, "n": 10}, protocol)
+
+    card = huggingface_hub.ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0" and data["datasets"] == ["pixparse/cc12m-wds"]
+    assert data["library_name"] == "timm" and data["pipeline_tag"] == "image-feature-extraction"
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results == {("linear digits", "top1"): 92.75, ("linear digits", "top5"): 99.5, ("linear digits", "n"): 10}
+    assert data["model-index"][0]["name"] == "pretrain"
+    assert "| top1 | 92.75 |" in card.text  # the body as before
+
+    # nothing published names a local path; the originals stay in the hidden .local.json
+    for root in {str(tmp_path.resolve().parent), str(Path.home())}:  # the run's and the export's folders
+        for name in ("README.md", "export.json", "scores.json", "config.json"):
+            assert root not in (out / name).read_text(), (name, root)
+    assert "<local>/shard-{00000..00003}.tar" in (out / "scores.json").read_text()
+    local = json.loads((out / ".local.json").read_text())
+    assert local["checkpoint"] == str((vit_run[0] / "checkpoints" / "checkpoint-00000002").resolve())
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    files = [name for name, _ in push_to_hub(out, "someone/tiny")]
+    assert ".local.json" not in files and calls[0]["allow_patterns"] == files
+    (out / "notes.md").write_text(f"trained from {tmp_path.resolve()}/data\n")  # a file added by hand
+    with pytest.raises(ValueError, match="refusing to publish local paths: notes.md"):
+        push_to_hub(out, "someone/tiny", dry_run=True)
+
+
+def test_card_without_a_licence_says_so():
+    from huggingface_hub import ModelCard
+
+    from vispre.export.card import render
+
+    info = {"method": "dino", "which": "target", "recipe": "r", "architecture": "resnet18", "model_args": {},
+            "vispre_version": "0", "data": {"spec": "/home/someone/data/shard-0000{0..3}.tar", "format": "image"},
+            "step": 1, "steps_planned": 2, "checkpoint": "/home/someone/runs/r/checkpoints/checkpoint-00000001",
+            "input": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
+            "recipe_yaml": "data:\n  spec: /home/someone/data/shard-0000{0..3}.tar\n"}
+    text = render(info, {})
+    card = ModelCard(text)
+    assert card.data.license == "other" and card.data.license_name == "unspecified"
+    assert "none given at export" in text and "/home/someone" not in text
+    assert "`<local>/shard-0000{0..3}.tar`" in text and "`<local>/checkpoint-00000001`" in text
+
+
+# -- ONNX with free image sizes --------------------------------------------------------------------------------
+def test_onnx_dynamic_size_runs_in_onnxruntime_at_two_sizes(vit_run, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    out = export(vit_run[0], tmp_path / "encoder", onnx=True, dynamic_size=True)  # checks 32 and 64 px itself
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    encoder = vit_run[1].export_encoder("target")
+    for size in (32, 48):  # 48: neither size the export checked
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        got = session.run(["features"], {"pixel_values": x.numpy()})[0]
+        with torch.no_grad():
+            expected = encoder(x).pooled.numpy()
+        assert got.shape == (2, 64) and np.abs(got - expected).max() < 1e-4
+    assert json.loads((out / "export.json").read_text())["onnx_dynamic_size"] is True

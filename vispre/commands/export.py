@@ -19,6 +19,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="the EMA / target (teacher) network (default) or the online (student) one")
     parser.add_argument("--onnx", action="store_true",
                         help="also write model.onnx (pooled features), checked with onnxruntime when installed")
+    parser.add_argument("--dynamic-size", action="store_true",
+                        help="with --onnx: any image height and width (torch.export; needs onnxscript), checked at "
+                             "the input size and twice it")
+    parser.add_argument("--license", default=None,
+                        help="the weights' licence on the model card, a Hub licence id (e.g. apache-2.0, cc-by-4.0); "
+                             "default: 'other' (unspecified)")
+    parser.add_argument("--dataset", action="append", default=None, metavar="HUB_ID",
+                        help="a Hub dataset the encoder was trained on, for the card's metadata (repeatable)")
     parser.add_argument("--push-to-hub", metavar="REPO", default=None,
                         help="upload the folder to this Hugging Face Hub model repo (needs huggingface_hub, a login)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
@@ -33,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dry_run and not args.push_to_hub:
         raise SystemExit("vispre export: --dry-run only applies to --push-to-hub")
+    if args.dynamic_size and not args.onnx:
+        raise SystemExit("vispre export: --dynamic-size only applies to --onnx")
     # a wrong path, a corrupt or non-finite checkpoint: vispre's main prints the message, exit status 2
-    out = export(args.checkpoint, args.out_dir, which=args.which, onnx=args.onnx)
+    out = export(args.checkpoint, args.out_dir, which=args.which, onnx=args.onnx, dynamic_size=args.dynamic_size,
+                 license=args.license, datasets=args.dataset)
     print(f"exported the {args.which} encoder to {out}\n"
           f"  timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
     if args.push_to_hub:

@@ -7,11 +7,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .card import _ABSOLUTE
+
+TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml")
+
 
 def folder_files(folder: str | Path) -> list[tuple[str, int]]:
     """(name, bytes) of the files an upload sends: the export's own top-level files. Sub-folders (such as
     the eval/ results and feature caches ``vispre eval`` may keep there) and hidden files stay local."""
     return sorted((p.name, p.stat().st_size) for p in Path(folder).iterdir() if p.is_file() and p.name[0] != ".")
+
+
+def local_paths(folder: str | Path, names: list[str]) -> list[tuple[str, str]]:
+    """(file, path) for each absolute local path in the text files ``names`` of ``folder`` (an export written
+    before vispre replaced them, or a file added by hand)."""
+    found = []
+    for name in names:
+        if name.endswith(TEXT_SUFFIXES):
+            text = (Path(folder) / name).read_text(errors="replace")
+            found += [(name, m.group(0)) for m in _ABSOLUTE.finditer(text)][:3]
+    return found
 
 
 def push_to_hub(folder: str | Path, repo_id: str, dry_run: bool = False, private: bool = False,
@@ -24,6 +39,11 @@ def push_to_hub(folder: str | Path, repo_id: str, dry_run: bool = False, private
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not an exported encoder (no config.json)")
     files = folder_files(folder)
+    leaks = local_paths(folder, [name for name, _ in files])
+    if leaks:
+        raise ValueError(f"{folder}: refusing to publish local paths: "
+                         + "; ".join(f"{name}: {path}" for name, path in leaks[:5])
+                         + " (re-export the folder with this vispre, which writes them as <local>/NAME)")
     if dry_run:
         return files
     from huggingface_hub import HfApi

@@ -24,7 +24,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file, save_model
 from timm.models._hub import save_config_for_hf  # timm exports it from this module only
@@ -40,7 +39,14 @@ from ..utils.errors import UserError
 from ..utils.io import write_json
 from ..utils.typed_config import ConfigError
 from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
-from .card import PROVENANCE, SCORES, append_scores, write_card  # noqa: F401  (append_scores: public API)
+from .card import (  # noqa: F401  (append_scores: public API)
+    PROVENANCE,
+    SCORES,
+    append_scores,
+    public,
+    write_card,
+    write_provenance,
+)
 from .open_clip_export import save_open_clip
 from .read import CONFIG, WEIGHTS, load_encoder, load_module  # noqa: F401  (public API)
 
@@ -135,12 +141,15 @@ def save_modules(modules: dict[str, ExportedModule], directory: Path, which: str
 
 
 def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "target", scores: dict | None = None,
-           onnx: bool = False) -> Path:
+           onnx: bool = False, dynamic_size: bool = False, license: str | None = None,
+           datasets: list[str] | None = None) -> Path:
     """Write the encoder of a run's newest checkpoint (or of a given checkpoint) to ``out_dir``.
 
     ``which``: "target" (the EMA target copy, what DINO-style papers evaluate) or "online" (the
     student). ``scores``: {name: {"scores": {...}, "protocol": {...}}} to put on the card at once.
-    ``onnx``: also write model.onnx (the pooled feature; see vispre.export_onnx).
+    ``onnx``: also write model.onnx (the pooled feature; see vispre.export_onnx), with ``dynamic_size`` any
+    image height and width (checked in onnxruntime at two sizes). ``license`` (a Hub licence id such as
+    "apache-2.0") and ``datasets`` (Hub dataset ids) go on the model card's metadata.
 
     Extra modules: a method's ``export_modules(which) -> dict[str, ExportedModule]`` (e.g. ICVF's phi and
     its whole value function); each is written as ``NAME.safetensors`` (its state dict) and ``NAME.json``
@@ -175,17 +184,19 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
         if onnx:
             from .onnx_export import export_onnx
 
-            export_onnx(encoder, tmp / "model.onnx", data_config["input_size"])
+            export_onnx(encoder, tmp / "model.onnx", data_config["input_size"], dynamic_size=dynamic_size)
         provenance = {
             "vispre_version": __version__, "checkpoint": str(checkpoint.resolve()), "step": state.get("step"),
             "which": which, "recipe": cfg.name, "method": cfg.method.name,
             "base": cfg.method.base if cfg.method.name == "ab" else None, "architecture": encoder.name,
             "model_args": json.loads(json.dumps(encoder.model_args)), "steps_planned": cfg.train.steps,
             "data": {"spec": cfg.data.spec, "format": data_format}, "input": data_config,
-            "modules": modules, "onnx": onnx, "open_clip": open_clip, "recipe_yaml": state["config"]}
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+            "modules": modules, "onnx": onnx, "onnx_dynamic_size": bool(onnx and dynamic_size),
+            "open_clip": open_clip, "license": license, "datasets": list(datasets or []),
+            "recipe_yaml": state["config"]}
+        write_provenance(tmp, provenance)  # export.json names no local path; .local.json keeps them
         if scores:
-            (tmp / SCORES).write_text(json.dumps(scores, indent=1))
+            (tmp / SCORES).write_text(json.dumps(public(scores), indent=1))
         write_card(tmp)
         _swap_in(tmp, out)
     finally:

@@ -70,13 +70,15 @@ def trainer(shards, out, *extra):
 
 
 # -- signals ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_preempted_and_a_second_trainer_is_locked_out(tmp_path, shards, recipe, capsys):
     out = tmp_path / "run"
-    args = ["pretrain", str(recipe), *tiny(shards, out, "train.steps=100000")]
+    # a loader worker too: a signal to the whole process group (Ctrl-C, SLURM) must not kill it mid-batch
+    args = ["pretrain", str(recipe), *tiny(shards, out, "train.steps=100000", "data.workers=1")]
     log_file = tmp_path / "stderr.txt"
     with open(log_file, "w") as stderr:
         first = subprocess.Popen([sys.executable, "-m", "vispre", *args], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                 stdout=subprocess.DEVNULL, stderr=stderr)
+                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not ((out / "metrics.jsonl").exists() and len(rows(out)) >= 2):
@@ -88,7 +90,7 @@ def test_sigterm_saves_and_exits_preempted_and_a_second_trainer_is_locked_out(tm
         assert main(args) == EXIT_USER_ERROR
         err = capsys.readouterr().err
         assert f"is in use by pid {first.pid} on {socket.gethostname()}" in err and "Traceback" not in err
-        first.send_signal(signal.SIGTERM)
+        os.killpg(first.pid, signal.SIGTERM)  # the trainer and its loader worker, as scancel does
         assert first.wait(timeout=120) == EXIT_PREEMPTED
     finally:
         if first.poll() is None:

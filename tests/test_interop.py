@@ -313,3 +313,64 @@ def test_onnx_dynamic_size_runs_in_onnxruntime_at_two_sizes(vit_run, tmp_path):
             expected = encoder(x).pooled.numpy()
         assert got.shape == (2, 64) and np.abs(got - expected).max() < 1e-4
     assert json.loads((out / "export.json").read_text())["onnx_dynamic_size"] is True
+
+
+# -- public weights by name ------------------------------------------------------------------------------------
+def _no_network(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_public_weights_by_name_offline_are_a_one_line_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from vispre.models import Encoder
+    from vispre.models.init_weights import init_encoder
+    from vispre.utils.errors import UserError
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: HF_HUB_OFFLINE=1
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _no_network(monkeypatch)
+    encoder = Encoder("resnet18")
+    for init in ("hf-hub:timm/resnet18.a1_in1k", "timm:resnet18.a1_in1k", "timm"):
+        with pytest.raises(UserError) as error:
+            init_encoder(encoder, init)
+        message = str(error.value)
+        assert "\n" not in message
+        assert f"model.init={init}: timm/resnet18.a1_in1k is not in the Hugging Face cache" in message
+        assert "HF_HUB_OFFLINE=1" in message
+    with pytest.raises(UserError, match="timm has no Hub weights registered for 'not_a_model'"):
+        init_encoder(encoder, "timm:not_a_model")
+    with pytest.raises(UserError, match="a Hub repo is ORG/NAME"):
+        init_encoder(encoder, "hf-hub:resnet18")
+
+
+def test_public_weights_by_name_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    """A Hub repo already in the cache (here laid out by hand as huggingface_hub keeps it) loads without network."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    from vispre.models import Encoder
+    from vispre.models.init_weights import init_encoder
+
+    torch.manual_seed(1)
+    source = Encoder("resnet18")
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    state = {k: v.contiguous() for k, v in source.timm_model.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)  # timm's classifier: dropped
+    save_file(state, snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _no_network(monkeypatch)
+    for init in ("hf-hub:timm/resnet18.a1_in1k", "timm"):
+        torch.manual_seed(2)
+        target = Encoder("resnet18")
+        init_encoder(target, init)
+        assert all(torch.equal(v, source.timm_model.state_dict()[k]) for k, v in target.timm_model.state_dict().items())

@@ -16,6 +16,16 @@ goes to the EMA / teacher copy. Keys outside the prefix (heads of the other meth
 optimizer state) are ignored; a classifier head under it is dropped when the encoder has none.
 timm's own ``checkpoint_filter_fn`` of the architecture then converts foreign layouts (DINOv2's
 original keys, ...) and resamples ViT position / patch embeddings to the encoder's grid.
+
+Public weights by name (``resolve_init``), where the environment allows downloads (and from the Hugging
+Face cache without them)::
+
+    model.init=hf-hub:timm/vit_small_patch16_224.augreg_in21k   a Hub repo (@REVISION optional): its
+                                  model.safetensors, open_clip_model.safetensors or pytorch_model.bin
+    model.init=timm:vit_small_patch16_224.augreg_in21k          timm's registered weights of a name (.TAG)
+    model.init=timm                                             model.name's default pretrained weights
+
+Offline (``HF_HUB_OFFLINE=1``) a file that is not in the cache is a one-line error, and nothing is fetched.
 """
 
 from __future__ import annotations
@@ -32,6 +42,65 @@ from torch import nn
 log = logging.getLogger("vispre.models.init_weights")
 
 EMA_WORDS = ("teacher", "ema", "target")
+HUB_PREFIX, TIMM_PREFIX = "hf-hub:", "timm"
+# the weight files a Hub repo may hold, in the order they are tried (timm's, open_clip's, older ones)
+HUB_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def is_named_init(init: str) -> bool:
+    """Whether ``model.init`` names public weights (``hf-hub:...``, ``timm``, ``timm:...``) rather than a file."""
+    return init.startswith(HUB_PREFIX) or init == TIMM_PREFIX or init.startswith(TIMM_PREFIX + ":")
+
+
+def resolve_init(init: str, model_name: str | None = None) -> Path:
+    """The local checkpoint file of ``model.init``: a path as given, or public weights by name (see the module
+    docstring) downloaded into (or read from) the Hugging Face cache. Raises UserError with one line when the
+    weights cannot be had (offline and not cached, no such repo or tag)."""
+    if not is_named_init(init):
+        return Path(init)
+    from ..utils.errors import UserError
+
+    if init.startswith(HUB_PREFIX):
+        repo, _, revision = init[len(HUB_PREFIX):].partition("@")
+        return _hub_file(init, repo, revision or None, HUB_FILES)
+    import timm
+
+    name = init[len(TIMM_PREFIX) + 1:] or model_name
+    if not name:
+        raise UserError("model.init=timm: no model name (model.name) to take timm's pretrained weights of")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise UserError(f"model.init={init}: timm has no Hub weights registered for {name!r} "
+                        "(timm.list_pretrained() lists them); give a checkpoint file instead")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    first = (cfg.hf_hub_filename,) if getattr(cfg, "hf_hub_filename", None) else ()
+    return _hub_file(init, repo, revision or None, first + HUB_FILES)
+
+
+def _hub_file(init: str, repo: str, revision: str | None, filenames) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from ..utils.errors import UserError
+
+    if not repo or repo.count("/") != 1:
+        raise UserError(f"model.init={init}: a Hub repo is ORG/NAME (hf-hub:timm/vit_small_patch16_224.augreg_in21k)")
+    offline = False
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision))
+        except LocalEntryNotFoundError:  # not cached, and downloads are off or the Hub cannot be reached
+            offline = True
+        except RepositoryNotFoundError as e:
+            raise UserError(f"model.init={init}: no Hub model repo {repo!r} (or it is private or gated: "
+                            f"log in with 'hf auth login')") from e
+        except EntryNotFoundError:  # the repo has no such file: try the next name
+            continue
+    if offline:
+        why = "downloads are off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise UserError(f"model.init={init}: {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                        f"{why}; run once where downloads work, or set model.init to a local checkpoint file")
+    raise UserError(f"model.init={init}: {repo} holds none of {', '.join(filenames)}")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -130,5 +199,6 @@ def load_init(model: nn.Module, path: str | Path, prefix: str | None = None) -> 
 
 
 def init_encoder(encoder, path: str | Path, prefix: str | None = None) -> str:
-    """``load_init`` into a vispre Encoder's timm model (``model.init`` / ``model.init_prefix``)."""
-    return load_init(encoder.timm_model, path, prefix)
+    """``load_init`` into a vispre Encoder's timm model (``model.init`` / ``model.init_prefix``): a checkpoint
+    file, or public weights by name (``resolve_init``: ``hf-hub:ORG/NAME``, ``timm``, ``timm:NAME.TAG``)."""
+    return load_init(encoder.timm_model, resolve_init(str(path), encoder.name), prefix)

@@ -39,6 +39,7 @@ from ..models import build_encoder
 from ..models.init_weights import init_encoder
 from ..utils.diagnostics import rankme, srank
 from ..utils.errors import UserError
+from ..utils.io import write_atomic
 from ..utils.runlock import RunLock
 from ..utils.stop_signals import StopSignals
 from ..utils.typed_config import to_yaml
@@ -328,6 +329,7 @@ class Trainer:
             if acc.is_main_process:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.yaml").write_text(to_yaml(cfg))
+                self.trim_metrics()
             acc.init_trackers(cfg.name)
             batches = epochs(self.loader)
             jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
@@ -373,6 +375,25 @@ class Trainer:
             self.release_output_dir()
         acc.end_training()
         return self.out
+
+    def trim_metrics(self) -> None:
+        """Drop metrics rows after the step training (re)starts from: a run killed after its last checkpoint
+        logged steps the resumed run logs again, and the log keeps one row per step."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        def step_of(line: str) -> float:
+            try:
+                return json.loads(line).get("step", 0)
+            except ValueError:  # a line cut by a kill mid-write
+                return math.inf
+
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and step_of(line) <= self.step]
+        if len(kept) < len(lines):
+            log.info("metrics.jsonl: dropping %d rows after step %d (logged after the checkpoint resumed from)",
+                     len(lines) - len(kept), self.step)
+            write_atomic(path, "".join(line + "\n" for line in kept))
 
     def check_nonfinite(self, metrics: dict) -> None:
         """After a step: a skipped non-finite step counts; ``train.nonfinite=stop`` or too many in a row stop."""

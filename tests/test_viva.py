@@ -234,7 +234,7 @@ def test_viva_runner_on_minigrid(tmp_path):
 kind: viva
 env: {{task: simple_crossing, layout_seed: 2000000, max_steps: 15}}
 encoder: {export}
-value_finetune: {{steps: 2, batch_size: 8}}
+value_finetune: {{steps: 2, batch_size: 8, crop_pad: 2}}
 value_sources:
   - {{name: play, generate: {{task: simple_crossing, episodes: 2, kind: play, {gen}, seed: 1}}}}
   - {{name: video, path: {tmp_path / "video.npz"}}}

@@ -38,6 +38,7 @@ from torch import nn
 from ..export.read import load_encoder, load_exported_module
 from ..models import icvf as _icvf_builders  # noqa: F401  (registers icvf_value / icvf_phi for load_exported_module)
 from ..utils.io import write_json
+from ..views.shift import shift_frames
 from .encoders import _normalisation
 from .task_data import DatasetMix, TaskSource
 from .transitions import Transitions
@@ -136,6 +137,7 @@ class ValueFinetuneConfig:
     p_trajectory: float = 0.5
     p_random: float = 0.3
     p_samegoal: float = 0.5
+    crop_pad: int = 0  # random shift of each of s, s', s+, z on its own (the Ego4D ICVF code: 16 px at 128 px)
     sources: list[str] = field(default_factory=list)  # .npz files (OGBench layout; video files need no actions)
     weights: list[float] = field(default_factory=list)  # their mixing weights ([] = equal)
 
@@ -196,11 +198,15 @@ def finetune_value(export_dir: str | Path, out_dir: str | Path, cfg: ValueFinetu
     mix = DatasetMix([TaskSource(str(i), d, np.zeros(d.num_rows, np.float32), i) for i, d in enumerate(datas)],
                      cfg.weights or [1.0] * len(datas))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.eps)
+    generator = torch.Generator().manual_seed(seed)
     history = []
     for step in range(1, cfg.steps + 1):
         parts = [sample_quadruples(d, k, rng, cfg) for d, k in zip(datas, mix.counts(cfg.batch_size)) if k > 0]
         frames = {k: torch.from_numpy(np.concatenate([p[0][k] for p in parts])).to(device) for k in parts[0][0]}
         rewards = {k: torch.from_numpy(np.concatenate([p[1][k] for p in parts])).to(device) for k in parts[0][1]}
+        if cfg.crop_pad:
+            frames = {k: shift_frames(v.cpu()[:, None], cfg.crop_pad, generator)[:, 0].to(device)
+                      for k, v in frames.items()}
         loss, metrics = icvf_loss(net, target, frames, rewards, cfg.discount, cfg.expectile)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -468,3 +468,15 @@ def test_corrupt_export_files_name_the_file(exported, tmp_path):
     (folder / "config.json").write_text("{")
     with pytest.raises(ExportError, match=f"{folder / 'config.json'}: not valid JSON"):
         load_encoder(folder)
+
+
+def test_a_method_config_can_check_its_values(monkeypatch):
+    from vispre.methods.dino import DINOConfig
+    from vispre.utils.errors import ValueCheckError
+
+    def check_values(self, checks):
+        checks.between("teacher_temp", self.teacher_temp, 0, 1, open_low=True)
+
+    monkeypatch.setattr(DINOConfig, "check_values", check_values, raising=False)
+    with pytest.raises(ValueCheckError, match=r"method\.dino\.teacher_temp: must be in \(0, 1\], got 0.0"):
+        load_recipe(None, ["data.spec=x", "method.name=dino", "method.dino.teacher_temp=0"])

@@ -124,6 +124,13 @@ def check_recipe(cfg: PretrainConfig) -> Checks:
     o.one_of("lr_scaling", cfg.optim.lr_scaling, ("linear", "none"))
     for part in (t, o, check_data_config(cfg.data, "data")):
         c.extend(part)
+    for name in dict.fromkeys((cfg.method.name, getattr(cfg.method, "base", None))):
+        # a method's own ranges (a probability, a count): its config class may define check_values(checks)
+        section = getattr(cfg.method, name, None) if name else None
+        if hasattr(section, "check_values"):
+            m = Checks(f"method.{name}")
+            section.check_values(m)
+            c.extend(m)
     if cfg.annotation_data is not None:
         c.extend(check_data_config(cfg.annotation_data, "annotation_data"))
     return c

@@ -4,6 +4,9 @@
     checks = Checks("train")
     checks.at_least("steps", cfg.steps, 1)
     checks.raise_if_any("recipes/x.yaml")   # ValueCheckError: recipes/x.yaml: train.steps: must be >= 1, got 0
+
+A method's config dataclass may define ``check_values(self, checks)``; ``load_recipe`` calls it for the
+recipe's method (and its base) with ``Checks("method.NAME")``.
 """
 
 from __future__ import annotations

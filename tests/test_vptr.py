@@ -324,3 +324,14 @@ threads: 1
     only = json.loads((tmp_path / "out" / "runs" / "target_only" / "seed0" / "metrics.jsonl").read_text()
                       .splitlines()[-1])
     assert only["weights"] == [1.0]
+
+
+def test_task_embeddings_file_conditions_critic_and_actor(tmp_path):
+    """task_embeddings: row t of the .npy (e.g. open_clip text embeddings of the instructions) is task t's
+    condition, in place of the one-hot id."""
+    table = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", table)
+    cfg = CQLConfig(hidden=[8], task_embeddings=str(tmp_path / "emb.npy"))
+    agent = CQL(FeatureEncoder(4), ActionSpace(True, 3), cfg)
+    torch.testing.assert_close(agent.condition(torch.tensor([2, 0])), torch.from_numpy(table[[2, 0]]))
+    assert agent.critic.q.q1[0].in_features == 4 + 5 and agent.policy[0].in_features == 4 + 5

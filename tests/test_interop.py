@@ -374,3 +374,21 @@ def test_public_weights_by_name_load_from_the_hub_cache_offline(tmp_path, monkey
         target = Encoder("resnet18")
         init_encoder(target, init)
         assert all(torch.equal(v, source.timm_model.state_dict()[k]) for k, v in target.timm_model.state_dict().items())
+
+
+def test_export_command_passes_licence_datasets_and_dynamic_size(vit_run, tmp_path, monkeypatch):
+    from vispre.cli import main
+    from vispre.export import write
+
+    with pytest.raises(SystemExit, match="--dynamic-size only applies to --onnx"):
+        main(["export", str(vit_run[0]), str(tmp_path / "x"), "--dynamic-size"])
+    seen = {}
+
+    def fake_export(checkpoint, out_dir, **kwargs):
+        seen.update(kwargs)
+        return Path(out_dir)
+
+    monkeypatch.setattr(write, "export", fake_export)
+    main(["export", str(vit_run[0]), str(tmp_path / "y"), "--onnx", "--dynamic-size", "--license", "mit",
+          "--dataset", "a/b", "--dataset", "c/d"])
+    assert seen == {"which": "target", "onnx": True, "dynamic_size": True, "license": "mit", "datasets": ["a/b", "c/d"]}

@@ -60,6 +60,9 @@ class FeatureConfig:
     # MAP / decoder probes: the last block's tokens are cached (float16) when train + val + test fit in this
     # many MiB, and streamed from the encoder on every pass otherwise (the protocol records which)
     token_budget_mib: float = 4096.0
+    # cached tokens are held in memory as float32 when a split's copy fits this many MiB (no conversion per
+    # batch: it costs as much as a matmul on a CPU); above it they stay float16
+    token_float32_mib: float = 2048.0
     cache_dir: Optional[str] = None  # default $VISPRE_CACHE or ~/.cache/vispre/features
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 ...
 

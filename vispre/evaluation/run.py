@@ -65,7 +65,7 @@ def token_sets(plan: dict, features: dict, sources: dict, rows: dict, encoder, t
         source_name, index = rows[split]
         if plan["mode"] == "cached":
             data = features[source_name] if index is None else features[source_name].subset(index)
-            out.append(CachedTokens(data.tokens, data.targets.cpu()))
+            out.append(CachedTokens(data.tokens, data.targets.cpu(), cfg.features.token_float32_mib))
         else:
             out.append(StreamedTokens(encoder, sources[source_name], transform, cfg.features, device,
                                       len(features[source_name]), plan["shape"][1], index))

@@ -36,11 +36,14 @@ def token_bytes(samples: int, shape: tuple[int, int]) -> int:
 
 
 class CachedTokens:
-    """Tokens in memory: [N, T, D] float16 and the targets."""
+    """Tokens in memory: [N, T, D] float16 and the targets. ``float32_mib``: hold them as float32 when that
+    copy fits, so no batch pays the conversion (on a CPU it costs as much as a matmul over the batch)."""
 
     mode = "cached"
 
-    def __init__(self, tokens: torch.Tensor, targets: torch.Tensor):
+    def __init__(self, tokens: torch.Tensor, targets: torch.Tensor, float32_mib: float = 0.0):
+        if tokens.dtype != torch.float32 and tokens.numel() * 4 / MIB <= float32_mib:
+            tokens = tokens.float()
         self.tokens, self.targets = tokens, targets
         self.dim = tokens.shape[-1]
 

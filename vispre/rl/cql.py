@@ -248,7 +248,9 @@ class CQL(Agent):
         with torch.no_grad():
             target = self.critic_target.module
             xt = torch.cat([target.encoder(next_obs), cond], 1)
-            xa_next = torch.cat([self.actor_encoder(next_obs), cond], 1)
+            gen = self._device_generator(xt)
+            needs_pi = not (disc and cfg.max_q_backup)  # the discrete max-Q backup needs no next action
+            xa_next = torch.cat([self.actor_encoder(next_obs), cond], 1) if needs_pi else None
             if disc:
                 next_q = target.all_q(xt)  # [2, B, n]
                 if not cfg.max_q_backup:  # E_{a'~pi}[min_i Qbar_i(s', a')]
@@ -256,7 +258,7 @@ class CQL(Agent):
                     next_q = (next_q.min(0).values * p).sum(-1, keepdim=True)[None].expand(2, -1, -1)
             else:
                 j = cfg.cql_samples if cfg.max_q_backup else 1
-                a_next, _ = self.policy.sample(xa_next, self.generator, j)
+                a_next, _ = self.policy.sample(xa_next, gen, j)
                 next_q = target.q_many(xt, a_next)  # [2, B, J]
             # y = r + gamma * m * max_j min_i Qbar_i(s', a'_j)
             y = max_q_target(batch["rewards"], batch["masks"], next_q, cfg.discount)
@@ -270,7 +272,7 @@ class CQL(Agent):
         else:
             j = cfg.cql_samples
             with torch.no_grad():
-                a_pi, log_pi = self.policy.sample(xa.detach(), self.generator, j)
+                a_pi, log_pi = self.policy.sample(xa.detach(), gen, j)
             u = torch.rand((len(x), j, self.space.n), generator=self._device_generator(x), device=x.device) * 2 - 1
             cql = cql_regulariser(q_data, self.critic.q_many(x, a_pi), log_pi, self.critic.q_many(x, u),
                                   self.space.n * math.log(0.5), mc)
@@ -282,7 +284,7 @@ class CQL(Agent):
             actor_loss = discrete_actor_loss(log_p, q_all.detach().min(0).values, alpha)
             entropy = -(log_p.exp() * log_p).sum(-1)
         else:
-            a, log_pi_a = self.policy.sample(xa, self.generator)
+            a, log_pi_a = self.policy.sample(xa, gen)
             frozen = {k: v.detach() for k, v in self.critic.q.named_parameters()}
             q_pi = torch.stack(functional_call(self.critic.q, frozen, (x.detach(), a)))
             actor_loss = (alpha * log_pi_a - q_pi.min(0).values).mean()

@@ -109,9 +109,9 @@ class DQN(Agent):
         if not sample:
             return greedy
         eps = getattr(self, "explore", 0.0)
-        u = torch.rand(len(greedy), generator=self.generator)
+        u = torch.rand(len(greedy), generator=self.generator)  # on the CPU: the same draws on any device
         rand = torch.randint(0, self.space.n, (len(greedy),), generator=self.generator)
-        return torch.where(u < eps, rand.to(greedy.device), greedy)
+        return torch.where(u.to(greedy.device) < eps, rand.to(greedy.device), greedy)
 
     @torch.no_grad()
     def value(self, obs, goals=None):
@@ -160,7 +160,7 @@ class SAC(Agent):
         with torch.no_grad():
             target = self.critic_target.module
             nf = self.encoder(next_obs)
-            a_next, logp_next = self.policy.sample(nf, self.generator)
+            a_next, logp_next = self.policy.sample(nf, self._device_generator(nf))
             next_q = torch.min(*target["q"](target["encoder"](next_obs), a_next))
             if cfg.backup_entropy:
                 next_q = next_q - alpha * logp_next
@@ -169,7 +169,7 @@ class SAC(Agent):
         critic_loss = (q1 - y).square().mean() + (q2 - y).square().mean()
         # the actor reads stop-gradient features (the critic trains the encoder) and frozen critic weights
         f = features.detach()
-        a, logp = self.policy.sample(f, self.generator)
+        a, logp = self.policy.sample(f, self._device_generator(f))
         frozen = {k: v.detach() for k, v in self.critic["q"].named_parameters()}
         q_pi = torch.min(*functional_call(self.critic["q"], frozen, (f, a)))
         actor_loss = (alpha * logp - q_pi).mean()
@@ -181,7 +181,7 @@ class SAC(Agent):
     @torch.no_grad()
     def act(self, obs, goals=None, sample=True):
         f = self.encoder(obs)
-        return self.policy.sample(f, self.generator)[0] if sample else self.policy.mode(f)
+        return self.policy.sample(f, self._device_generator(f))[0] if sample else self.policy.mode(f)
 
     @torch.no_grad()
     def value(self, obs, goals=None):

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
                  license=args.license, datasets=args.dataset)
     print(f"exported the {args.which} encoder to {out}\n"
           f"  timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
+    if (out / "open_clip_config.json").is_file():  # a CLIP run: both towers
+        print(f"  open_clip.create_model_and_transforms('local-dir:{out.resolve()}')")
     if args.push_to_hub:
         files = push_to_hub(out, args.push_to_hub, dry_run=args.dry_run, private=args.private)
         verb = "would upload" if args.dry_run else "uploaded"

@@ -480,3 +480,17 @@ def test_a_method_config_can_check_its_values(monkeypatch):
     monkeypatch.setattr(DINOConfig, "check_values", check_values, raising=False)
     with pytest.raises(ValueCheckError, match=r"method\.dino\.teacher_temp: must be in \(0, 1\], got 0.0"):
         load_recipe(None, ["data.spec=x", "method.name=dino", "method.dino.teacher_temp=0"])
+
+
+def test_a_bad_export_folder_is_a_user_error_on_the_command_line(exported, tmp_path, capsys):
+    import shutil
+
+    recipe = ROOT / "eval" / "demo_digits.yaml"
+    if not recipe.exists():
+        pytest.skip("no eval recipe to point at the export")
+    folder = tmp_path / "encoder"
+    shutil.copytree(exported, folder)
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    assert main(["eval", str(recipe), "--encoder", str(folder)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"{folder / 'model.safetensors'}: cannot read the weights" in err and "Traceback" not in err

@@ -323,6 +323,7 @@ class Trainer:
         self.claim_output_dir(resume, overwrite)
         signals = StopSignals().install()
         jsonl = bar = None
+        finished = False
         try:
             if resume:
                 self.resume(resume)
@@ -366,12 +367,19 @@ class Trainer:
                     log.warning("%s: stopped at step %d, checkpoint %s", name, self.step, path)
                     raise Preempted(name, self.step, path)
             self.save()
+            finished = True
         finally:
             signals.restore()
             if bar is not None:
                 bar.close()
             if jsonl is not None:
                 jsonl.close()
+            if not finished:  # preempted or stopped: flush the trackers' logs (the process group stays up)
+                for tracker in acc.trackers:
+                    try:
+                        tracker.finish()
+                    except Exception as e:  # the stop's own error matters more
+                        log.warning("could not close the %s tracker: %s", tracker.name, e)
             self.release_output_dir()
         acc.end_training()
         return self.out

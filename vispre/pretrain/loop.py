@@ -200,7 +200,7 @@ class Trainer:
                     metrics.unlink(missing_ok=True)
                 if checkpoints.is_dir():
                     clean_temporary(checkpoints)
-            except UserError as e:
+            except (UserError, OSError) as e:  # OSError: e.g. no permission to create the directory
                 error = e
         if acc.num_processes > 1:
             message = broadcast_object_list([None if error is None else (type(error).__name__, str(error))])[0]

@@ -337,3 +337,5 @@ def test_vispre_eval_end_to_end(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert {c["cache"] for c in again["protocol"]["features"]["cache"].values()} == {"hit"}
     assert again["scores"] == results["scores"]
+    assert results["random_init_scores"] is None  # the first run had no random-init run beside it
+    assert again["random_init_scores"] == random["scores"]  # drawn on the plots as a reference line

@@ -169,7 +169,8 @@ def evaluate(cfg: ProbeRecipe, encoder, out_dir: str | Path, *, encoder_info: di
         plots.append(plot_knn(results["knn"], metric, out / "knn.png", f"{cfg.name}: kNN (T={cfg.knn.temperature})",
                               levels={**levels, **baseline_level(baseline, "knn", metric)}))
     summary = {"name": cfg.name, "scores": summary_scores(results, cfg.task), **results, "chance": levels["chance"],
-               "protocol": protocol, "plots": [p.name for p in plots if p is not None]}
+               "random_init_scores": (baseline or {}).get("scores"), "protocol": protocol,
+               "plots": [p.name for p in plots if p is not None]}
     write_json(out / RESULTS_FILE, summary)
     summary["table"] = format_table(summary, cfg.task)
     return summary

@@ -193,3 +193,11 @@ def test_the_deadline_counts_time_spent_reading_not_a_slow_consumer(tmp_path):
     time.sleep(0.7)  # the training side is slow: not the shard's fault
     assert len(first) == 512 and len(stream.read(512)) == 512
     stream.close()
+
+
+def test_pipe_without_permission_is_a_user_error(capsys):
+    from vispre.cli import main
+
+    assert main(["shards", "inspect", "pipe:cat /dev/null"]) == 2
+    assert capsys.readouterr().err.strip() == ("vispre shards inspect: error: shard URL 'pipe:cat /dev/null' runs a "
+                                               "shell command; set data.allow_pipe=true to allow 'pipe:' URLs")

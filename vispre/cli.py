@@ -47,13 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError) as e:  # PermissionError: no access to a path, or 'pipe:' without data.allow_pipe
         if args.verbose:
             raise
         # FileNotFoundError & co. come from a wrong path the user gave; their message names it
         message = str(e) if isinstance(e, UserError) or not getattr(e, "filename", None) else \
             f"{e.filename}: {e.strerror}"
-        print(f"vispre {args.command}: error: {message}", file=sys.stderr)
+        command = " ".join(c for c in (args.command, getattr(args, "shards_command", None)) if c)
+        print(f"vispre {command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

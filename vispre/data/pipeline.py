@@ -8,7 +8,7 @@ from typing import Optional
 from ..utils.checks import Checks
 from .decode import DEFAULT_MAX_PIXELS
 from .loader import StreamLoader
-from .stream import Layout, ShardStream
+from .stream import RankLayout, ShardStream
 from .tar import DEFAULT_MAX_MEMBER_BYTES
 from .transforms import CenterCrop, ClipFrames, CropGroup, RandomViews, SampleDecoder
 from .urls import parse_spec
@@ -86,7 +86,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, transform=
     """The loader of one rank. ``transform`` overrides the one the config describes."""
     check_data_config(cfg).raise_if_any()
     sources = parse_spec(cfg.spec, cfg.weights, allow_pipe=cfg.allow_pipe)
-    layout = Layout(world_size=world_size, rank=rank, workers=max(cfg.workers, 1))
+    layout = RankLayout(world_size=world_size, rank=rank, workers=max(cfg.workers, 1))
     decoder = SampleDecoder(cfg.format, transform if transform is not None else build_transform(cfg))
     stream = ShardStream(sources, decoder, batch_size=cfg.batch_size, layout=layout, resampled=cfg.resampled,
                          samples_per_epoch=cfg.samples_per_epoch, shuffle_buffer=cfg.shuffle_buffer,

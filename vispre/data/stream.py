@@ -31,11 +31,11 @@ from ..utils.seeding import stable_seed as _seed
 from .skips import SkipCounter, SkipSample
 from .tar import DEFAULT_MAX_MEMBER_BYTES, iter_shard
 from .transforms import collate
-from .urls import Source, open_url
+from .urls import ShardSet, open_url
 
 
 @dataclass(frozen=True)
-class Layout:
+class RankLayout:
     """How the stream is split: ``world_size`` ranks x ``workers`` loader workers (0 counts as 1)."""
 
     world_size: int = 1
@@ -72,8 +72,8 @@ def shuffle_buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
 
 
 class ShardStream(IterableDataset):
-    def __init__(self, sources: list[Source], decoder: Callable[[dict, torch.Generator], dict], *,
-                 batch_size: int, layout: Layout, resampled: bool = True, samples_per_epoch: int | None = None,
+    def __init__(self, sources: list[ShardSet], decoder: Callable[[dict, torch.Generator], dict], *,
+                 batch_size: int, layout: RankLayout, resampled: bool = True, samples_per_epoch: int | None = None,
                  shuffle_buffer: int = 1000, shard_shuffle: bool = True, seed: int = 0,
                  allow_pipe: bool = False, timeout: float = 60.0, deadline: float | None = None,
                  max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):

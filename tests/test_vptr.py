@@ -1,6 +1,7 @@
 """V-PTR stages 2-3: CQL's loss terms by hand, V-PTR's sparse rewards and Monte-Carlo returns, batch mixing,
 and an exact resume across the stage-2 -> stage-3 switch."""
 
+import json
 import math
 
 import numpy as np
@@ -210,19 +211,30 @@ def test_resume_across_stages_is_exact(tmp_path):
     next batch."""
     a, mix_a = make_run(0)
     torch.manual_seed(123)
-    ra = train_stages(a, mix_a, np.random.default_rng(7), tmp_path / "a", 8, weights, 10, stage2_steps=4)
+    ra = train_stages(a, mix_a, np.random.default_rng(7), tmp_path / "a", 8, weights, 10, stage2_steps=4,
+                      log_every=1)
 
+    # killed at step 6: two stage-3 steps after the stage-2 checkpoint are lost (and their logged rows dropped)
     b, mix_b = make_run(0)
     torch.manual_seed(123)
-    rb = train_stages(b, mix_b, np.random.default_rng(7), tmp_path / "b", 8, weights, 10, stage2_steps=4, stop_at=4)
-    assert rb["step"] == 4 and latest_checkpoint(tmp_path / "b").name == "checkpoint-00000004"
-    assert mix_b.weights == pytest.approx([0.5, 0.5, 0.0])  # stage 2: no target data
+    rb = train_stages(b, mix_b, np.random.default_rng(7), tmp_path / "b", 8, weights, 10, stage2_steps=4, stop_at=6,
+                      log_every=1)
+    assert rb["step"] == 6 and latest_checkpoint(tmp_path / "b").name == "checkpoint-00000004"
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "critic_lo')  # a line cut mid-write
     del b
     c, mix_c = make_run(99)  # a new process: other initial weights, other random state
     torch.manual_seed(555)
     before = [p.clone() for p in c.parameters()]
-    rc = train_stages(c, mix_c, np.random.default_rng(1), tmp_path / "b", 8, weights, 10, stage2_steps=4)
+    rc = train_stages(c, mix_c, np.random.default_rng(1), tmp_path / "b", 8, weights, 10, stage2_steps=4,
+                      log_every=1)
     assert rc["step"] == 8
+    # the log holds each step once, with the uninterrupted run's numbers
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[3]["weights"] == pytest.approx([0.5, 0.5, 0.0])  # step 4: stage 2, no target data
+    assert rows[4]["weights"] == pytest.approx([0.45, 0.45, 0.1])  # step 5: stage 3
     assert mix_c.weights == pytest.approx([0.45, 0.45, 0.1])  # stage 3: 90% prior / 10% target
     assert any(not torch.equal(p, q) for p, q in zip(before, c.parameters()))
     sa, sc = a.state_dict(), c.state_dict()
@@ -293,8 +305,6 @@ def test_tanh_gaussian_log_prob_matches_torch():
 def test_vptr_runner_stages_on_minigrid(tmp_path):
     """The recipe path end to end on tiny generated MiniGrid data: stage 2 on the prior tasks, the pinned stage-2
     checkpoint, stage 3 at 90/10, the target-only arm on target data alone, a held-out evaluation."""
-    import json
-
     from vispre.rl.vptr import load_vptr_config, run_vptr
 
     gen = "val_episodes: 1, kind: noisy, epsilons: [0.1], max_steps: 40"

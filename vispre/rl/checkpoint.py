@@ -26,7 +26,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..utils.io import atomic_output, write_json
+from ..utils.io import atomic_output, write_atomic, write_json
 
 STATE = "state.json"
 PATTERN = re.compile(r"checkpoint-(\d{8})$")
@@ -119,3 +119,34 @@ def load_checkpoint(directory: str | Path, agent, weights_only: bool = False) ->
     if meta["extra"]:
         out["extra"] = load_numpy(str(directory / "extra.safetensors"))
     return out
+
+
+def _row_step(row: dict) -> int | None:
+    """The step a metrics row belongs to: its own ``step`` / ``env_step`` or that of its one nested record."""
+    for key in ("step", "env_step"):
+        if key in row:
+            return int(row[key])
+    for value in row.values():
+        if isinstance(value, dict):
+            found = _row_step(value)
+            if found is not None:
+                return found
+    return None
+
+
+def trim_metrics(path: str | Path, step: int) -> None:
+    """On resume: drop the rows a killed run logged after its checkpoint at ``step`` (and a line cut mid-write),
+    so the log holds each step once."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        at = _row_step(row) if isinstance(row, dict) else None
+        if at is None or at <= step:
+            kept.append(line)
+    write_atomic(path, "".join(x + "\n" for x in kept))

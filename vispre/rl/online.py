@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .agent import Agent, AgentConfig, to_torch
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_metrics
 from .cql import TanhGaussian, temperature_loss
 from .networks import ActionSpace, TwinQ, mlp, polyak_target
 from .registry import register_agent
@@ -337,6 +337,7 @@ def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str
         restored = load_checkpoint(found, agent)
         step, rng, counters = restored["step"], restored["rng"], restored["state"]
         buffer.load(restored["extra"])
+        trim_metrics(out / "metrics.jsonl", step)
         episode = len(counters["episodes"])
         log.info("resumed from %s at env step %d", found, step)
     frame = env.reset(episode)

@@ -31,7 +31,7 @@ from ..utils.typed_config import ConfigError, load_config, to_yaml
 from . import cql  # noqa: F401  (registers the agent)
 from .agent import to_torch
 from .arms import build_arm
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_metrics
 from .eval_envs import MiniGridLayouts, eval_env_factory
 from .evaluate import rollouts
 from .networks import ActionSpace
@@ -194,6 +194,7 @@ def train_stages(agent, mix: DatasetMix, rng: np.random.Generator, out_dir: Path
     if found is not None:
         restored = load_checkpoint(found, agent)
         step, rng = restored["step"], restored["rng"]
+        trim_metrics(out_dir / "metrics.jsonl", step)
         log.info("resumed from %s (step %d)", found, step)
     metrics_file = out_dir / "metrics.jsonl"
     sums, count, last = {}, 0, {}

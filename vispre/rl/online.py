@@ -394,7 +394,7 @@ def run_online(agent: Agent, make_env: Callable, cfg: OnlineConfig, out_dir: str
                 logf.write(json.dumps({"eval": point}) + "\n")
             due = due or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
             if (due and ended) or (cfg.checkpoint_every and step == cfg.env_steps):
-                save_checkpoint(out, step, agent, rng, counters, extra=buffer.state())
+                save_checkpoint(out, step, agent, rng, counters, extra=buffer.state(), keep=1)  # frames: big
                 due = False
                 if stop_at is not None and step >= stop_at:
                     break

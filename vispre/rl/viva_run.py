@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 from ..utils.io import atomic_output, write_atomic, write_json
 from ..utils.typed_config import ConfigError, load_config, to_yaml
 from . import online  # noqa: F401  (registers dqn / sac)
+from .checkpoint import list_checkpoints
 from .encoders import NatureCNN, PixelEncoder
 from .networks import ActionSpace
 from .online import OnlineConfig, run_online
@@ -175,6 +177,8 @@ def run_viva(cfg: ViVaConfig | str | Path, overrides=()) -> dict:
                           "train_success_rate": float(np.mean([ep["success"] for ep in result["episodes"]]))
                           if result["episodes"] else 0.0, "seconds": time.perf_counter() - t0}
                 write_json(record_file, record)
+                for done in list_checkpoints(run_dir):  # a finished run needs no resume point (replay frames: GBs)
+                    shutil.rmtree(done)
             log.info("%s seed %d: final success %.2f", arm.name, seed, record["curve"][-1]["success"])
             curves.setdefault(arm.name, []).append(record["curve"])
             records.append(record)

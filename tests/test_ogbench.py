@@ -278,3 +278,113 @@ def test_gciql_actor_advantage_comes_from_the_online_critic(state_data):
     frozen_call(agent.critic, obs, goals, pi).min(0).values.mean().backward()
     assert all(p.grad is None for p in agent.critic.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())
+
+
+# ----- evaluation in the real environment, encoder arms, the whole run ------------------------------------------
+class ZeroPolicy:
+    """Stands still: the same actions whatever process the environments run in."""
+
+    goal_conditioned, frame_stack, space = True, 1, ActionSpace(False, 5)
+
+    def eval(self):
+        return self
+
+    def act(self, obs, goals=None, sample=True):
+        assert goals is not None and goals.shape[0] == obs.shape[0]
+        return torch.zeros(len(obs), 5)
+
+
+def test_ogbench_evaluation_protocol_in_worker_processes():
+    """Episode i is task i % 5 + 1 with reset seed eval_seed + i; environments stepped in their own processes give
+    the same episodes as in this process; an episode ends at the time limit (or the goal), success at its last step."""
+    import functools
+
+    from vispre.rl.eval_envs import OGBenchEval
+    from vispre.rl.evaluate import rollouts
+    from vispre.rl.run import per_task
+
+    env = OGBenchEval("cube-single-play-v0", 0, [1, 2, 3, 4, 5], max_steps=4)
+    obs, goal = env.reset(6)
+    assert obs.shape == goal.shape == (28,) and env.env.unwrapped.cur_task_id == 2
+    first = env.reset(6)[0]
+    np.testing.assert_array_equal(obs, first)  # the same episode twice
+    env.close()
+    make = functools.partial(OGBenchEval, "cube-single-play-v0", 0, [1, 2, 3, 4, 5], 4)
+    here = rollouts(ZeroPolicy(), make, 3, "cpu", mode="greedy", num_envs=2)
+    there = rollouts(ZeroPolicy(), make, 3, "cpu", mode="greedy", num_envs=2, workers=True)
+    assert here == there and here["length"] == [4, 4, 4] and here["success"] == [False] * 3
+
+    class Recipe:
+        class env:
+            kind, name, task_ids = "ogbench", "cube-single-play-v0", [1, 2]
+
+    assert per_task(Recipe, [True, False, True, True]) == {"task1": 1.0, "task2": 0.5}
+
+
+def test_evaluation_renders_as_the_dataset_was_rendered(pixel_data):
+    from vispre.rl.eval_envs import OGBenchEval
+    from vispre.rl.rl_recipe import load_offline_rl_config
+    from vispre.rl.run import resolve_render_quality
+    from vispre.utils.typed_config import ConfigError
+
+    out, _, _ = pixel_data
+    train = out / "visual-cube-single-play-v0.npz"
+    recipe = load_offline_rl_config(None, ["env.kind=ogbench", "env.name=visual-cube-single-play-v0"])
+    assert resolve_render_quality(recipe, train) == "lean"  # '' = the dataset's
+    recipe.env.render_quality = "default"
+    with pytest.raises(ConfigError, match="rendered at 'lean'"):
+        resolve_render_quality(recipe, train)
+    env = OGBenchEval("visual-cube-single-play-v0", 0, [1], render_quality="lean")
+    frame, goal = env.reset(0)
+    assert frame.shape == goal.shape == (64, 64, 3)
+    model = env.env.unwrapped._model
+    assert (model.vis.quality.shadowsize, model.vis.quality.offsamples, model.mat_reflectance.max()) == (0, 0, 0)
+    env.close()
+
+
+def test_encoder_arms_for_ogbench(state_data, pixel_data):
+    """States: no encoder; impala_small: OGBench's; timm:NAME any timm model (random weights here; pretrained weights
+    need a download, and offline that is said plainly)."""
+    from vispre.rl.arms import build_arm
+    from vispre.rl.encoders import PixelEncoder
+    from vispre.rl.rl_recipe import ArmConfig
+
+    states = Transitions.from_file(state_data[0] / "cube-single-play-v0.npz")
+    arm = build_arm(ArmConfig(kind="scratch"), "", 0, states, states, 1)
+    assert isinstance(arm.encoder, FeatureEncoder) and arm.encoder.num_features == 28
+    pixels = Transitions.from_file(pixel_data[0] / "visual-cube-single-play-v0.npz")
+    arm = build_arm(ArmConfig(kind="scratch", architecture="impala_small"), "", 0, pixels, pixels, 3)
+    assert isinstance(arm.encoder, ImpalaEncoder) and arm.encoder.in_channels == 9 and arm.encoder.num_features == 512
+    arm = build_arm(ArmConfig(kind="scratch", architecture="export"), "timm:resnet10t", 0, pixels, pixels, 1)
+    assert isinstance(arm.encoder, PixelEncoder) and arm.train_encoder
+    obs = torch.from_numpy(pixels.stack(pixels.valid[:2]))
+    assert arm.encoder(obs).shape == (2, arm.encoder.num_features)
+    agent = AGENTS["gcbc"](arm.encoder, ActionSpace(False, 5), small_config("gcbc"))
+    assert agent.actor_input.num_features == 2 * arm.encoder.num_features  # one frame each: s and g fused late
+    assert agent.act(obs, obs, sample=False).shape == (2, 5)
+    with pytest.raises(RuntimeError, match="could not load the pretrained weights of 'resnet10t'.*pretrained: false"):
+        build_arm(ArmConfig(kind="finetune", pretrained=True), "timm:resnet10t", 0, pixels, pixels, 1)
+
+
+def test_the_ogbench_comparison_runs_end_to_end(pixel_data, tmp_path):
+    """A pixel recipe on the generated dataset: OGBench's GCBC with impala_small (scratch) against a frozen random
+    timm encoder, OGBench's evaluation (greedy, tasks cycled, lean rendering taken from the dataset), report."""
+    from vispre.rl import run_offline_rl
+    from vispre.rl.rl_recipe import load_offline_rl_config
+
+    out, _, _ = pixel_data
+    cfg = load_offline_rl_config(None, [
+        "env.kind=ogbench", "env.name=visual-cube-single-play-v0", "env.task_ids=[1,2]", "env.eval_seed=0",
+        f"data.path={out / 'visual-cube-single-play-v0.npz'}", "agent.name=gcbc", "agent.steps=2",
+        "agent.batch_size=4", "agent.actor_hidden=[16]", "agent.augment_prob=0.5",
+        "arms=[{kind: scratch, architecture: impala_small}, {kind: random_frozen, encoder: 'timm:resnet10t'}]",
+        "seeds=[0]", "eval.episodes=2", "eval.curve_points=0", "eval.max_steps=3", "eval.policy=greedy",
+        "eval.num_envs=2", "eval.random_reference=false", f"output_dir={tmp_path / 'run'}", "threads=1"])
+    results = run_offline_rl(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["protocol"]["env"]["render_quality"] == "lean"
+    for arm in ("scratch", "random_frozen"):
+        final = [r for r in saved["runs"] if r["arm"] == arm][0]["final"]
+        assert final["episodes"] == 2 and final["length"] == 3 and set(final["success_per_task"]) == {"task1", "task2"}
+    assert "| scratch | impala_small |" in (tmp_path / "run" / "results.md").read_text()
+    assert results["arms"].keys() == {"scratch", "random_frozen"}

@@ -1,7 +1,9 @@
 """Encoder arms: which encoder an agent trains with, and what data it reads.
 
-    scratch        a new encoder trained end to end: NatureCNN (architecture: nature, the CPU choice)
-                   or the export's own architecture, randomly initialised (architecture: export)
+    scratch        a new encoder trained end to end: NatureCNN (architecture: nature, the CPU choice),
+                   OGBench's impala_small (architecture: impala_small; OGBench's agents give each network
+                   its own) or the export's own architecture, randomly initialised (architecture: export);
+                   state observations (vectors) have no encoder, as in OGBench
     finetune       the export's weights, trained end to end (encoder_lr)
     frozen         the export, frozen: per-frame features computed once for the whole dataset, the
                    agent trains MLP heads on them (no augmentation: the features are fixed)
@@ -9,7 +11,9 @@
                    the floor a pretrained encoder has to beat
 
 An export arm reads the backbone's pooled feature (``features: pooled``) or, for ICVF exports, the
-representation ICVF learns on top of it (``features: phi``).
+representation ICVF learns on top of it (``features: phi``). ``encoder: timm:NAME`` stands for any timm model
+instead of an export (its pretrained weights with ``pretrained``, a download; random weights otherwise), so a
+public encoder is scored the same way.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import timm
 import torch
 from torch import nn
 
 from ..export.read import load_encoder, load_exported_module
+from ..models import Encoder
 from .encoders import CachedFrameEncoder, FeatureEncoder, NatureCNN, PixelEncoder, precompute_features
+from .ogbench_layout import ImpalaEncoder
 from .rl_recipe import ArmConfig
 from .transitions import Transitions
 
@@ -40,11 +47,30 @@ class ArmData:
     train_encoder: bool
 
 
-def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED):
+TIMM = "timm:"
+
+
+def timm_encoder(name: str, pretrained: bool) -> Encoder:
+    """Any timm model as a vispre Encoder: random weights, or timm's pretrained ones (downloaded, or from the
+    Hugging Face cache); a machine that cannot download them gets an error that says so."""
+    if not pretrained:
+        return Encoder(name)
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as e:  # offline (HF_HUB_OFFLINE, no network), an unknown name, no pretrained tag, ...
+        raise RuntimeError(f"timm could not load the pretrained weights of {name!r} ({type(e).__name__}: {e}). "
+                           "Offline, or no weights for this name? Set the arm's pretrained: false for random "
+                           "weights, or fill the Hugging Face cache on a machine that can download.") from e
+    return Encoder(name, timm_model=model).eval()
+
+
+def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED, pretrained: bool = True):
     if not path:
         raise ValueError("this arm needs an exported encoder: pass --encoder DIR or set the arm's encoder field")
     if random_init:
         torch.manual_seed(draw_seed)
+    if path.startswith(TIMM):
+        return timm_encoder(path[len(TIMM):], pretrained and not random_init)
     return load_encoder(path, random_init=random_init)
 
 
@@ -58,7 +84,7 @@ def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | N
 
 def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool,
                    draw_seed: int = RANDOM_DRAW_SEED) -> PixelEncoder:
-    backbone = _load_export(path, random_init, draw_seed)
+    backbone = _load_export(path, random_init, draw_seed, arm.pretrained)
     return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init))
 
 
@@ -89,13 +115,19 @@ def build_arm(arm: ArmConfig, path: str, seed: int, train: Transitions, val: Tra
             raise ValueError(f"arm {arm.name}: frozen arms need their FrozenFeatures")
         return ArmData(FeatureEncoder(frozen.dim, frame_stack), frozen.train, frozen.val, frozen.observe, False)
     torch.manual_seed(seed)
-    if arm.kind == "scratch" and arm.architecture == "nature":
+    if arm.kind == "scratch" and train.observations.ndim == 2:  # states: no encoder (OGBench's state layout)
+        encoder = FeatureEncoder(train.observations.shape[1], frame_stack)
+    elif arm.kind == "scratch" and arm.architecture == "nature":
         channels, size = train.observations.shape[-1], train.observations.shape[1]
         encoder = PixelEncoder(NatureCNN(channels, image_size=arm.input_size or size), frame_stack, arm.input_size)
+    elif arm.kind == "scratch" and arm.architecture == "impala_small":
+        channels, size = train.observations.shape[-1], train.observations.shape[1]
+        encoder = ImpalaEncoder(channels * frame_stack, image_size=size)
     elif arm.kind == "scratch" and arm.architecture == "export":
         encoder = _pixel_encoder(arm, path, frame_stack, random_init=True, draw_seed=seed)
     elif arm.kind == "scratch":
-        raise ValueError(f"arm {arm.name}: architecture must be 'nature' or 'export', got {arm.architecture!r}")
+        raise ValueError(f"arm {arm.name}: architecture must be nature, impala_small or export, got "
+                         f"{arm.architecture!r}")
     else:
         encoder = _pixel_encoder(arm, path, frame_stack, random_init=False)
     return ArmData(encoder.train(), train, val, None, True)

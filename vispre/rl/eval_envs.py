@@ -110,13 +110,20 @@ def import_ogbench():
 
 
 class OGBenchEval:
-    """An OGBench task env: goal-conditioned datasets cycle through ``task_ids`` (the goal observation,
-    an image for visual tasks, is ``info["goal"]``); single-task datasets (``...-singletask-taskN-v0``)
-    have their task fixed."""
+    """An OGBench task env, OGBench's evaluation protocol: goal-conditioned datasets cycle through ``task_ids``
+    (episode i is task ``task_ids[i % len(task_ids)]``, reset seed ``first_seed + i``; the goal observation, an
+    image for visual tasks, is ``info["goal"]``), an episode ends at the goal (the task env terminates there) or
+    at the env's time limit, and it succeeded if its final step did; single-task datasets
+    (``...-singletask-taskN-v0``) have their task fixed. ``render_quality`` must be the dataset's (lean
+    datasets made by ``vispre.envs.ogbench_data`` are rendered without shadows, reflections, multisampling)."""
 
-    def __init__(self, dataset_name: str, first_seed: int, task_ids: list[int], max_steps: int = 0, **kwargs):
+    def __init__(self, dataset_name: str, first_seed: int, task_ids: list[int], max_steps: int = 0,
+                 render_quality: str = "default", **kwargs):
+        from ..envs.ogbench_data import apply_render_quality
+
         ogbench = import_ogbench()
-        self.env = ogbench.make_env_and_datasets(dataset_name, env_only=True, **kwargs)
+        self.env = apply_render_quality(ogbench.make_env_and_datasets(dataset_name, env_only=True, **kwargs),
+                                        render_quality or "default")
         self.singletask = "singletask" in dataset_name.split("-")
         self.first_seed, self.task_ids, self.max_steps = first_seed, task_ids or [1, 2, 3, 4, 5], max_steps
         self.t = 0
@@ -165,4 +172,5 @@ def eval_env_factory(cfg: EnvConfig, max_steps: int, goal_conditioned: bool, see
     from :class:`MiniGridLayouts`)."""
     if cfg.kind == "minigrid":
         return functools.partial(MiniGridEval, cfg.name, seeds, max_steps, goal_conditioned, **cfg.kwargs)
-    return functools.partial(OGBenchEval, cfg.name, cfg.eval_seed, list(cfg.task_ids), max_steps, **cfg.kwargs)
+    return functools.partial(OGBenchEval, cfg.name, cfg.eval_seed, list(cfg.task_ids), max_steps,
+                             cfg.render_quality, **cfg.kwargs)

@@ -9,11 +9,14 @@ MiniGrid (0-14% success against 46-78% sampled in the pilot, research/offline_rl
 
 from __future__ import annotations
 
+import multiprocessing
+import traceback
 from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .agent import Agent, to_torch
 from .transitions import Transitions
@@ -74,58 +77,131 @@ def value_error(agent: Agent, data: Transitions, discount: float, device, max_ro
             "value_corr": corr, "value_mean": float(v.mean()), "return_mean": float(target.mean())}
 
 
+class _LocalEnv:
+    """An evaluation environment in this process, behind the send / recv interface of :class:`_WorkerEnv`."""
+
+    def __init__(self, make_env: Callable[[], object]):
+        self.env, self.result = make_env(), None
+
+    def send(self, command: str, arg) -> None:
+        self.result = self.env.reset(arg) if command == "reset" else self.env.step(arg)
+
+    def recv(self):
+        return self.result
+
+    def close(self) -> None:
+        getattr(self.env, "close", lambda: None)()
+
+
+def _env_worker(make_env: Callable[[], object], conn) -> None:
+    env = make_env()
+    while True:
+        command, arg = conn.recv()
+        if command == "close":
+            getattr(env, "close", lambda: None)()
+            conn.close()
+            return
+        try:
+            conn.send((True, env.reset(arg) if command == "reset" else env.step(arg)))
+        except Exception:  # the traceback goes back to the caller, which raises it
+            conn.send((False, traceback.format_exc()))
+
+
+class _WorkerEnv:
+    """An evaluation environment in its own process (spawned: MuJoCo renderers do not survive a fork)."""
+
+    def __init__(self, make_env: Callable[[], object]):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_env_worker, args=(make_env, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, command: str, arg) -> None:
+        self.conn.send((command, arg))
+
+    def recv(self):
+        ok, value = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"an evaluation worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close", None))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
 @torch.no_grad()
 def rollouts(agent: Agent, make_env: Callable[[], object], episodes: int, device, mode: str = "sample",
              epsilon: float = 0.05, num_envs: int = 16, observe: Callable | None = None,
-             seed: int = 0) -> dict[str, list]:
-    """Run ``episodes`` episodes (0..episodes-1); per episode its success and length.
+             seed: int = 0, workers: bool = False, progress: bool = False, desc: str = "episodes") -> dict[str, list]:
+    """Run ``episodes`` episodes (0..episodes-1); per episode its success (at its final step) and length.
 
-    ``observe`` maps the frame stacks [B, S, H, W, C] (uint8 tensor) to what the agent's encoder
-    reads (the frozen arms: per-frame features); ``mode``: sample | epsilon (greedy, a random action
-    with probability epsilon; discrete actions) | greedy."""
+    ``num_envs`` environments run together, each in its own process with ``workers`` (they step in
+    parallel while the agent acts for all of them in one batch); ``observe`` maps the frame stacks
+    [B, S, H, W, C] (uint8 tensor) to what the agent's encoder reads (the frozen arms: per-frame features);
+    ``mode``: sample | epsilon (greedy, a random action with probability epsilon; discrete actions) | greedy."""
     agent.eval()
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    envs = [make_env() for _ in range(min(num_envs, episodes))]
-    stacks: list[deque | None] = [None] * len(envs)
-    goals: list[np.ndarray | None] = [None] * len(envs)
+    n = min(num_envs, episodes)
+    envs = [(_WorkerEnv if workers else _LocalEnv)(make_env) for _ in range(n)]
+    stacks: list[deque | None] = [None] * n
+    goals: list[np.ndarray | None] = [None] * n
     running: dict[int, list] = {}  # env index -> [episode, length]
     success, length = np.zeros(episodes, bool), np.zeros(episodes, int)
     next_episode = 0
+    bar = tqdm(total=episodes, desc=desc, disable=not progress, leave=False)
 
-    def start(i: int) -> None:
+    def reset(indices: list[int]) -> None:
         nonlocal next_episode
-        frame, goal = envs[i].reset(next_episode)
-        stacks[i] = deque([frame] * agent.frame_stack, maxlen=agent.frame_stack)
-        goals[i] = None if goal is None else np.stack([goal] * agent.frame_stack)
-        running[i] = [next_episode, 0]
-        next_episode += 1
+        for i in indices:
+            envs[i].send("reset", next_episode)
+            running[i] = [next_episode, 0]
+            next_episode += 1
+        for i in indices:
+            frame, goal = envs[i].recv()
+            stacks[i] = deque([frame] * agent.frame_stack, maxlen=agent.frame_stack)
+            goals[i] = None if goal is None else np.stack([goal] * agent.frame_stack)
 
-    for i in range(len(envs)):
-        start(i)
-    while running:
-        active = sorted(running)
-        obs = torch.from_numpy(np.stack([np.stack(stacks[i]) for i in active])).to(device)
-        goal = None
-        if agent.goal_conditioned:
-            goal = torch.from_numpy(np.stack([goals[i] for i in active])).to(device)
-            goal = observe(goal) if observe else goal
-        obs = observe(obs) if observe else obs
-        actions = agent.act(obs, goal, sample=(mode == "sample")).cpu().numpy()
-        if mode == "epsilon" and agent.space.discrete:
-            noise = generator.random(len(actions)) < epsilon
-            actions = np.where(noise, generator.integers(0, agent.space.n, len(actions)), actions)
-        for i, action in zip(active, actions):
-            frame, done, succeeded = envs[i].step(action)
-            stacks[i].append(frame)
-            running[i][1] += 1
-            if done:
-                episode, steps = running.pop(i)
-                success[episode], length[episode] = succeeded, steps
-                if next_episode < episodes:
-                    start(i)
-    for env in envs:
-        getattr(env, "close", lambda: None)()
+    try:
+        reset(list(range(n)))
+        while running:
+            active = sorted(running)
+            obs = torch.from_numpy(np.stack([np.stack(stacks[i]) for i in active])).to(device)
+            goal = None
+            if agent.goal_conditioned:
+                goal = torch.from_numpy(np.stack([goals[i] for i in active])).to(device)
+                goal = observe(goal) if observe else goal
+            obs = observe(obs) if observe else obs
+            actions = agent.act(obs, goal, sample=(mode == "sample")).cpu().numpy()
+            if mode == "epsilon" and agent.space.discrete:
+                noise = generator.random(len(actions)) < epsilon
+                actions = np.where(noise, generator.integers(0, agent.space.n, len(actions)), actions)
+            for i, action in zip(active, actions):
+                envs[i].send("step", action)
+            again = []
+            for i in active:
+                frame, done, succeeded = envs[i].recv()
+                stacks[i].append(frame)
+                running[i][1] += 1
+                if done:
+                    episode, steps = running.pop(i)
+                    success[episode], length[episode] = succeeded, steps
+                    bar.update(1)
+                    if next_episode + len(again) < episodes:
+                        again.append(i)
+            if again:
+                reset(again)
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
     return {"success": success.tolist(), "length": length.tolist()}
 
 

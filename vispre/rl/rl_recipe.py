@@ -16,6 +16,7 @@ from .agent import AgentConfig
 from .registry import AGENTS
 
 ARM_KINDS = ("scratch", "frozen", "finetune", "random_frozen")
+ARCHITECTURES = ("nature", "impala_small", "export")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class EnvConfig:
     # seeds as they come, which may repeat training layouts: SimpleCrossingS9N1 has only 42)
     holdout_layouts: int = 0
     task_ids: list[int] = field(default_factory=list)  # OGBench goal tasks to evaluate (goal-conditioned)
+    # OGBench pixels: default (OGBench's) | lean (no shadows / reflections / multisampling); '' = the dataset's
+    # (its metadata; OGBench's own files: default). Evaluation must render as the data were rendered.
+    render_quality: str = ""
 
 
 @dataclass
@@ -49,8 +53,13 @@ class OfflineDataConfig:
 class ArmConfig:
     name: str = ""  # label in tables and plots ('' = kind)
     kind: str = "scratch"  # scratch | frozen | finetune | random_frozen
-    encoder: str = ""  # export folder ('' = the --encoder argument); unused by scratch with a named architecture
-    architecture: str = "nature"  # scratch only: nature (small CNN) | export (the export's timm architecture)
+    # export folder ('' = the --encoder argument), or timm:NAME for any timm model (e.g. timm:resnet18); unused by
+    # scratch arms with a named architecture
+    encoder: str = ""
+    # scratch only: nature (small CNN, vispre's CPU choice) | impala_small (OGBench's encoder: each network its own,
+    # reading [s; g]) | export (the encoder's architecture, random init). State observations need no encoder.
+    architecture: str = "nature"
+    pretrained: bool = True  # timm:NAME encoders: timm's pretrained weights (a download); false: random init
     encoder_lr: float = 0.0  # 0 = agent.lr (finetune often wants less)
     input_size: int = 0  # resize frames for the encoder (0 = as they are, unless it needs a fixed size)
     features: str = "pooled"  # pooled (timm's pooled feature) | phi (an ICVF export's phi(s) on top of it)
@@ -65,6 +74,8 @@ class RolloutConfig:
     epsilon: float = 0.05
     max_steps: int = 0  # 0 = the environment's own limit
     num_envs: int = 16  # episodes stepped together (batched encoder forward)
+    workers: bool = False  # each of the num_envs environments in its own process (OGBench: MuJoCo steps in parallel)
+    progress: bool = True  # a progress bar over the episodes
     val_batch: int = 1024
     random_reference: bool = True  # also score uniformly random actions on the same episodes (the table's context)
 
@@ -98,8 +109,12 @@ def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
         arm.name = arm.name or arm.kind
         if arm.features not in ("pooled", "phi"):
             raise ConfigError(f"{source}: arms.{i}.features: {arm.features!r} is not pooled or phi")
-        if arm.features == "phi" and arm.kind == "scratch" and arm.architecture == "nature":
-            raise ConfigError(f"{source}: arms.{i}.features: phi needs an ICVF export, not the Nature CNN")
+        if arm.kind == "scratch" and arm.architecture not in ARCHITECTURES:
+            raise ConfigError(f"{source}: arms.{i}.architecture: {arm.architecture!r} is not one of "
+                              f"{', '.join(ARCHITECTURES)}")
+        if arm.features == "phi" and (arm.kind == "scratch" and arm.architecture != "export"
+                                      or arm.encoder.startswith("timm:")):
+            raise ConfigError(f"{source}: arms.{i}.features: phi needs an ICVF export")
         if arm.name in names:
             raise ConfigError(f"{source}: arms.{i}.name: {arm.name!r} used twice")
         names.add(arm.name)

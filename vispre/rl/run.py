@@ -33,13 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def dataset_paths(cfg: OfflineRLConfig, out: Path) -> tuple[Path, Path]:
-    """The train / val files; with no ``data.path``, the MiniGrid generator writes them under ``out``."""
+    """The train / val files; with no ``data.path``, the MiniGrid generator or, for OGBench, OGBench's own
+    environments and oracles (``vispre.envs.ogbench_data``, arguments in ``data.generate``) write them under ``out``."""
     if cfg.data.path:
         train = Path(cfg.data.path).expanduser()
     elif cfg.env.kind == "minigrid":
         train = generate_minigrid(cfg.env.name, out / "data", **cfg.data.generate)
+    elif cfg.data.generate:
+        train = generate_ogbench(cfg.env.name, out / "data", dict(cfg.data.generate))
     else:
-        raise ValueError("data.path: an OGBench recipe needs the dataset file (e.g. ~/.ogbench/data/NAME.npz)")
+        raise ValueError("data.path: an OGBench recipe needs the dataset file (e.g. ~/.ogbench/data/NAME.npz) or "
+                         "data.generate (e.g. {episodes: 100, render_quality: lean}) to make one here")
     val = Path(cfg.data.val_path).expanduser() if cfg.data.val_path else train.with_name(train.stem + "-val.npz")
     return train, val
 
@@ -55,6 +59,39 @@ def generate_minigrid(task: str, out_dir: Path, episodes: int = 1000, val_episod
     info = build_minigrid_video(out_dir, task=task, episodes=episodes, val_episodes=val_episodes,
                                 behaviour=behaviour, seed=seed, formats=("npz",))
     return Path(out_dir) / info["splits"]["train"]["npz"]
+
+
+def generate_ogbench(dataset: str, out_dir: Path, generate: dict) -> Path:
+    """An OGBench-layout dataset made with OGBench's environments and oracles (reused when complete)."""
+    from ..envs.ogbench_data import generate as make
+    from ..envs.ogbench_data import spec_from_name
+
+    run = {k: generate.pop(k) for k in ("chunk_episodes", "workers", "compress") if k in generate}
+    spec = spec_from_name(dataset, **generate)
+    make(spec, out_dir, **run)
+    return Path(out_dir) / f"{spec.name}.npz"
+
+
+def resolve_render_quality(cfg: OfflineRLConfig, train_path: Path) -> str:
+    """OGBench pixels: evaluation renders as the dataset was rendered (its metadata; OGBench's files: default)."""
+    if cfg.env.kind != "ogbench":
+        return cfg.env.render_quality
+    from ..envs.ogbench_data import read_metadata
+
+    made = read_metadata(train_path).get("render_quality") or "default"
+    if cfg.env.render_quality and cfg.env.render_quality != made:
+        raise ConfigError(f"env.render_quality: {cfg.env.render_quality!r}, but {train_path} was rendered at "
+                          f"{made!r}: evaluation frames would differ from the training frames")
+    return made
+
+
+def per_task(cfg: OfflineRLConfig, success: list) -> dict[str, float]:
+    """OGBench: the success rate of each evaluation task (episode i is task task_ids[i % len(task_ids)])."""
+    if cfg.env.kind != "ogbench" or "singletask" in cfg.env.name.split("-"):
+        return {}
+    tasks = list(cfg.env.task_ids) or [1, 2, 3, 4, 5]
+    by_task = {t: [s for i, s in enumerate(success) if tasks[i % len(tasks)] == t] for t in tasks}
+    return {f"task{t}": float(np.mean(v)) for t, v in by_task.items() if v}
 
 
 def action_space(data: Transitions) -> ActionSpace:
@@ -114,9 +151,12 @@ def train_one(cfg: OfflineRLConfig, arm, seed: int, data, space: ActionSpace, de
             episodes = e.episodes if step == a.steps else e.curve_episodes
             if episodes > 0:
                 result = rollouts(agent, make_env, episodes, device, e.policy, e.epsilon, e.num_envs,
-                                  data.observe, seed=seed)
+                                  data.observe, seed=seed, workers=e.workers, progress=e.progress,
+                                  desc=f"{arm.name} seed {seed} step {step}")
                 point.update(success=float(np.mean(result["success"])), length=float(np.mean(result["length"])),
                              episodes=episodes, per_episode=result)
+                if per_task(cfg, result["success"]):
+                    point["success_per_task"] = per_task(cfg, result["success"])
             eval_seconds += time.perf_counter() - t1
             curve.append(point)
             logf.write(json.dumps({"step": step, "eval": {k: v for k, v in point.items() if k != "per_episode"}})
@@ -143,6 +183,7 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
     device = resolve_device(cfg.device)
     started = time.perf_counter()
     train_path, val_path = dataset_paths(cfg, out)
+    cfg.env.render_quality = resolve_render_quality(cfg, train_path)
     eval_seeds, keep_train, keep_val, layouts = plan_layouts(cfg, train_path, val_path)
     train, val = load_data(cfg, train_path, val_path, keep_train, keep_val)
     space = action_space(train)
@@ -171,10 +212,12 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
     reference = {}
     if cfg.eval.episodes > 0 and cfg.eval.random_reference:
         random_runs = rollouts(UniformPolicy(space), eval_env_factory(cfg.env, cfg.eval.max_steps, False, eval_seeds),
-                               cfg.eval.episodes, "cpu", num_envs=cfg.eval.num_envs, seed=0)
+                               cfg.eval.episodes, "cpu", num_envs=cfg.eval.num_envs, seed=0,
+                               workers=cfg.eval.workers, progress=cfg.eval.progress, desc="uniform random policy")
         reference = {"uniform_random_policy": {"success": float(np.mean(random_runs["success"])),
                                                "length": float(np.mean(random_runs["length"]))}}
-    protocol = {"env": {"kind": cfg.env.kind, "name": cfg.env.name, "eval_seed": cfg.env.eval_seed, **layouts},
+    protocol = {"env": {"kind": cfg.env.kind, "name": cfg.env.name, "eval_seed": cfg.env.eval_seed, **layouts,
+                        **({"render_quality": cfg.env.render_quality} if cfg.env.kind == "ogbench" else {})},
                 "reference": reference,
                 "dataset": {"train": str(train_path), "val": str(val_path), "transitions": len(train),
                             "val_transitions": len(val), "frame_stack": cfg.data.frame_stack,
@@ -194,7 +237,9 @@ def check_exports(cfg: OfflineRLConfig, encoder_path: str | None) -> None:
     """Before any data is made or any arm trains: every arm that reads an export has one, and it is there."""
     for i, arm in enumerate(cfg.arms):
         path = arm.encoder or encoder_path or ""
-        if arm.kind == "scratch" and arm.architecture == "nature":
+        if arm.kind == "scratch" and arm.architecture in ("nature", "impala_small"):
+            continue
+        if path.startswith("timm:"):
             continue
         if not path:
             raise ConfigError(f"arms.{i}.encoder: arm {arm.name!r} ({arm.kind}) needs an exported encoder: "
@@ -217,7 +262,7 @@ def run_key(cfg: OfflineRLConfig, arm, encoder: str, train_path: Path) -> str:
 
 
 def uses_export(arm, encoder: str) -> bool:
-    return bool(encoder) and not (arm.kind == "scratch" and arm.architecture == "nature")
+    return bool(encoder) and not (arm.kind == "scratch" and arm.architecture in ("nature", "impala_small"))
 
 
 def finished_record(run_dir: Path, key: str) -> dict | None:

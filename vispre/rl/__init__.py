@@ -1,6 +1,7 @@
 """Offline RL from pixels: does a pretrained encoder beat one trained from scratch?
 
-OGBench-layout datasets (``datasets``, ``npz``), agents (``bc``, ``iql``, ``hiql``) on one encoder
+OGBench-layout datasets (``datasets``, ``npz``), agents (``bc``, ``iql``, ``hiql_shared``; OGBench's ``gcbc``,
+``gcivl``, ``gciql``, ``hiql`` as OGBench builds them, ``ogbench_layout``) on one encoder
 interface (``encoders``), encoder arms (``arms``), rollouts and value error (``evaluate``, ``envs``),
 and the comparison with its report (``run``, ``report``), configured by ``config.OfflineRLConfig``.
 """

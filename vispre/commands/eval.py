@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
     if recipe_kind(args.recipe) == "suite":
         return run_suite(args)
+    kind = recipe_kind(args.recipe)
+    if kind != "probe":
+        raise SystemExit(f"vispre eval: error: {args.recipe} is a kind: {kind} recipe, which vispre eval does not "
+                         "run (its comment says what does)")
     if not args.encoder and not args.print_config:
         raise SystemExit("vispre eval: error: --encoder DIR is required")
     cfg = load_config(ProbeRecipe, args.recipe, args.overrides)

@@ -381,12 +381,21 @@ def _assemble(spec: DatasetSpec, chunks: _Chunks, train_path: Path, val_path: Pa
             else "states", "render_quality": spec.render_quality if spec.pixels else None,
             "render": render_settings(spec), "train_episodes": spec.episodes, "val_episodes": spec.val_episodes,
             "train_rows": train_rows, "val_rows": int(lengths[spec.episodes:].sum()),
-            "ogbench_version": getattr(ogbench, "__version__", "unknown"), "mujoco_version": mujoco.__version__}
+            "ogbench_version": _version("ogbench", ogbench), "mujoco_version": mujoco.__version__}
     save = np.savez_compressed if compress else np.savez
     for path, rows in ((train_path, slice(0, train_rows)), (val_path, slice(train_rows, None))):
         with atomic_output(path) as tmp:
             save(tmp, **{k: v[rows] for k, v in arrays.items()}, metadata=np.array(json.dumps(meta)))
     return meta
+
+
+def _version(distribution: str, module) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return getattr(module, "__version__", "unknown")
 
 
 def read_metadata(path: str | Path) -> dict:

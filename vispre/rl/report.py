@@ -70,8 +70,9 @@ def markdown_table(name: str, protocol: dict, arms: dict[str, dict]) -> str:
               "Monte-Carlo returns G of the validation split."), "",
              "| arm | encoder | success | episode length | value MAE | value corr | train s / seed | features s |",
              "|---|---|---|---|---|---|---|---|"]
+    states = p["dataset"].get("observations") == "states"
     encoders = {arm["name"]: arm["encoder"] if arm["kind"] != "scratch" or arm["architecture"] == "export"
-                else arm["architecture"] for arm in p["arms"]}
+                else "none (states)" if states else arm["architecture"] for arm in p["arms"]}
     for name_, arm in arms.items():
         train_s = arm["train_seconds"]["mean"] or 0.0
         lines.append(f"| {name_} | {encoders.get(name_, '')} | {_cell(arm['success'])} | {_cell(arm['length'], 1)} | "

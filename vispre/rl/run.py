@@ -220,6 +220,7 @@ def run_offline_rl(cfg: OfflineRLConfig | str | Path, encoder_path: str | None =
                         **({"render_quality": cfg.env.render_quality} if cfg.env.kind == "ogbench" else {})},
                 "reference": reference,
                 "dataset": {"train": str(train_path), "val": str(val_path), "transitions": len(train),
+                            "observations": "states" if train.observations.ndim == 2 else "pixels",
                             "val_transitions": len(val), "frame_stack": cfg.data.frame_stack,
                             "reward_scale": cfg.data.reward_scale, "reward_shift": cfg.data.reward_shift},
                 "agent": vars(cfg.agent), "arms": [vars(a) | {"encoder": a.encoder or encoder_path or ""}

@@ -84,9 +84,10 @@ def plot_compare(table, names: list[str], path: Path) -> Path | None:
         xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(names))]
         values = [cols.get(c, float("nan")) for c in names]
         axes.bar(xs, values, width, label=f"{label}, {name} ({metric})", color=f"C{i}")
-    chances = {t[4].get(t[2]) for t in table} - {None}
-    for chance in sorted(chances):
-        axes.axhline(chance, color="0.5", linestyle=":", label=f"chance ({chance:.1f})")
+    chances = {(name, chance.get(metric)) for _, name, metric, _, chance in table if chance.get(metric) is not None}
+    for k, (name, chance) in enumerate(sorted(chances)):
+        axes.axhline(chance, color=f"{0.2 + 0.5 * k / max(1, len(chances))}", linestyle=":",
+                     label=f"chance, {name} ({chance:.1f})")
     axes.set_xticks(range(len(names)), names)
     axes.set_ylabel("score (%)")
     axes.set_title("probes across encoders")

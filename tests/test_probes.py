@@ -112,3 +112,16 @@ def test_tokens_streamed_over_the_budget_and_compare(tmp_path):
     assert f"{runs['cached']['scores']['map/top1']:.2f}" in table[3]
     assert written["csv"].read_text().splitlines()[0] == "encoder,eval,metric,linear,map,chance"
     assert written["chart"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cached_rows_read_the_split_without_copying_it():
+    features, tokens = marked_token(50, 0)
+    rows = torch.tensor([3, 7, 11, 20, 41])
+    view = CachedTokens(features.tokens, features.targets, rows=rows)
+    copy = CachedTokens(features.tokens[rows], features.targets[rows])
+    assert view.tokens.data_ptr() == features.tokens.data_ptr() and len(view) == 5  # float16 kept, shared
+    for (a, ya), (b, yb) in zip(view.batches(2, 2, 0, "cpu"), copy.batches(2, 2, 0, "cpu")):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(view.in_order(3, "cpu"), copy.in_order(3, "cpu")))
+    as_float = CachedTokens(features.tokens, features.targets, float32_mib=1.0, rows=rows)  # 5 x 16 x 32 x 4 B fit
+    assert as_float.tokens.dtype == torch.float32 and torch.equal(as_float.tokens, features.tokens[rows].float())

@@ -55,6 +55,10 @@ class Features:
         every linear input is a column range of it (``Variant.columns``)."""
         return torch.cat(self.blocks + [self.patch_mean], dim=1)
 
+    def pooled(self) -> Features:
+        """The same features without the tokens (subsets of it do not copy them)."""
+        return Features(self.blocks, self.patch_mean, self.targets)
+
     def subset(self, index: torch.Tensor) -> Features:
         tokens = None if self.tokens is None else self.tokens[index.to(self.tokens.device)]
         return Features([b[index] for b in self.blocks], self.patch_mean[index], self.targets[index], tokens)

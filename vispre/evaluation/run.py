@@ -64,8 +64,8 @@ def token_sets(plan: dict, features: dict, sources: dict, rows: dict, encoder, t
     for split in ("train", "val", "test"):
         source_name, index = rows[split]
         if plan["mode"] == "cached":
-            data = features[source_name] if index is None else features[source_name].subset(index)
-            out.append(CachedTokens(data.tokens, data.targets.cpu(), cfg.features.token_float32_mib))
+            data = features[source_name]
+            out.append(CachedTokens(data.tokens, data.targets.cpu(), cfg.features.token_float32_mib, index))
         else:
             out.append(StreamedTokens(encoder, sources[source_name], transform, cfg.features, device,
                                       len(features[source_name]), plan["shape"][1], index))
@@ -128,7 +128,8 @@ def evaluate(cfg: ProbeRecipe, encoder, out_dir: str | Path, *, encoder_info: di
         rows = {"train": ("train", None), "val": ("val", None)}
     else:
         train_rows, val_rows = hold_out_rows(len(features["train"]), cfg.val_fraction, cfg.seed)
-        train, val = features["train"].subset(train_rows), features["train"].subset(val_rows)
+        pooled = features["train"].pooled()  # the token probes read rows of the full tensor (token_sets)
+        train, val = pooled.subset(train_rows), pooled.subset(val_rows)
         val_from = f"{cfg.val_fraction:g} of train held out (seed {cfg.seed})"
         rows = {"train": ("train", train_rows), "val": ("train", val_rows)}
     rows["test"] = ("test", None)

@@ -41,11 +41,19 @@ class CachedTokens:
 
     mode = "cached"
 
-    def __init__(self, tokens: torch.Tensor, targets: torch.Tensor, float32_mib: float = 0.0):
-        if tokens.dtype != torch.float32 and tokens.numel() * 4 / MIB <= float32_mib:
-            tokens = tokens.float()
-        self.tokens, self.targets = tokens, targets
+    def __init__(self, tokens: torch.Tensor, targets: torch.Tensor, float32_mib: float = 0.0,
+                 rows: torch.Tensor | None = None):
+        """``rows``: this split's rows of ``tokens`` / ``targets`` (a held-out val shares train's tensors, no copy)."""
+        if rows is not None:
+            targets = targets[rows]
+        if tokens.dtype != torch.float32 and (len(targets) * tokens[0].numel() * 4 / MIB) <= float32_mib:
+            tokens = (tokens if rows is None else tokens[rows]).float()
+            rows = None
+        self.tokens, self.targets, self.rows = tokens, targets, rows
         self.dim = tokens.shape[-1]
+
+    def _take(self, index: torch.Tensor) -> torch.Tensor:
+        return self.tokens[index if self.rows is None else self.rows[index]]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -55,11 +63,12 @@ class CachedTokens:
 
     def batches(self, batch_size: int, epochs: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index in batch_order(len(self), batch_size, epochs, seed):
-            yield self.tokens[index].to(device, non_blocking=True), self.targets[index].to(device)
+            yield self._take(index).to(device, non_blocking=True), self.targets[index].to(device)
 
     def in_order(self, chunk: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), chunk):
-            yield self.tokens[start:start + chunk].to(device), self.targets[start:start + chunk].to(device)
+            index = torch.arange(start, min(start + chunk, len(self)))
+            yield self._take(index).to(device), self.targets[index].to(device)
 
 
 class StreamedTokens:

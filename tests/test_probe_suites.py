@@ -162,3 +162,8 @@ def test_avg_cls_suite_routes_overrides_and_averages():
     summary = suite_summary("avg_cls", {"a": {"scores": {"map/top1": 70.0, "linear/top1": 60.0}, "protocol": {}},
                                         "b": {"scores": {"map/top1": 80.0}, "protocol": {}}})
     assert summary["mean"] == {"map/top1": 75.0}
+    from vispre.evaluation.compare import columns, row_label
+
+    protocol = {"task": "single", "encoder": {"path": "/x/enc", "random_init": True}}
+    summary["protocols"] = {"a": protocol, "b": protocol}
+    assert columns(summary) == {"map (mean)": 75.0} and row_label(summary) == "enc (random init)"

@@ -30,15 +30,24 @@ def load_results(path: str | Path) -> dict:
     return results
 
 
+def protocol_of(results: dict) -> dict:
+    """A run's protocol; a suite's (avg_cls) is its first member's (same encoder and probes)."""
+    return results["protocol"] if "protocol" in results else next(iter(results["protocols"].values()))
+
+
 def row_label(results: dict) -> str:
-    encoder = results["protocol"]["encoder"]
+    encoder = protocol_of(results)["encoder"]
     name = Path(encoder.get("path") or encoder.get("architecture", "?")).name
     return name + (" (random init)" if encoder.get("random_init") else "")
 
 
 def columns(results: dict) -> dict[str, float]:
-    """{"linear": 71.2, "map": ..., "knn k20": ..., "10-shot": ...} in the run's headline metric."""
-    key = headline(results["protocol"]["task"])
+    """{"linear": 71.2, "map": ..., "knn k20": ..., "10-shot": ...} in the run's headline metric (a suite:
+    the mean over its members)."""
+    key = headline(protocol_of(results)["task"])
+    if results.get("kind") == "suite":
+        return {name.split("/")[0] + " (mean)": v for name, v in results["mean"].items() if name.endswith(f"/{key}")
+                and name.split("/")[0] in PROBES}
     out = {}
     for probe in PROBES:
         if probe in results:
@@ -53,7 +62,7 @@ def columns(results: dict) -> dict[str, float]:
 
 def compare(paths: list[str], out_dir: Path) -> dict[str, Path]:
     runs = [load_results(p) for p in paths]
-    table = [(row_label(r), r["name"], headline(r["protocol"]["task"]), columns(r), r.get("chance", {})) for r in runs]
+    table = [(row_label(r), r["name"], headline(protocol_of(r)["task"]), columns(r), r.get("chance", {})) for r in runs]
     names = list(dict.fromkeys(c for *_, cols, _ in table for c in cols))
     header = ["encoder", "eval", "metric", *names, "chance"]
     rows = [[label, name, metric, *[cols.get(c) for c in names], chance.get(metric)]

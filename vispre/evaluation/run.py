@@ -50,12 +50,15 @@ def plan_tokens(cfg: ProbeRecipe, encoder, transform, sources: dict, device) -> 
     plan = {"shape": list(shape), "dtype": "float16", "budget_mib": cfg.features.token_budget_mib,
             "tokens": "last block, normed, prefix tokens first"}
     if any(c is None for c in counts.values()):
-        return {**plan, "mode": "streamed", "why": "sample count unknown (shards without sizes.json)"}
+        return {**plan, "mode": "streamed", "why": "sample count unknown (shards without sizes.json)",
+                "training_order": StreamedTokens.order(False, cfg.features.stream_shuffle_rows)}
     mib = sum(token_bytes(c, shape) for c in counts.values()) / MIB
     plan["mib"] = round(mib, 1)
     if mib <= cfg.features.token_budget_mib:
         return {**plan, "mode": "cached", "why": f"{mib:.0f} MiB <= budget"}
-    return {**plan, "mode": "streamed", "why": f"{mib:.0f} MiB > budget: the encoder runs on every pass"}
+    order = StreamedTokens.order(all(hasattr(s, "item") for s in sources.values()), cfg.features.stream_shuffle_rows)
+    return {**plan, "mode": "streamed", "why": f"{mib:.0f} MiB > budget: the encoder runs on every pass",
+            "training_order": order}
 
 
 def token_sets(plan: dict, features: dict, sources: dict, rows: dict, encoder, transform, cfg, device):

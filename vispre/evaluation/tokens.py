@@ -72,60 +72,92 @@ class CachedTokens:
 
 
 class StreamedTokens:
-    """Tokens computed by the encoder on every pass over ``source``, keeping the rows in ``rows`` (stream
-    positions; None: all)."""
+    """Tokens computed by the encoder on every pass over ``source``, keeping the rows in ``rows`` (None: all).
+
+    Training order: a random-access probe set (folders, HF datasets, CIFAR, ...) is read in a fresh
+    permutation of its rows every epoch, as cached tokens are; shards can only be read in order, so
+    their rows are shuffled in blocks of ``cfg.stream_shuffle_rows`` (a class-sorted shard set then
+    mixes only the classes within a block). Scoring reads the rows in order."""
 
     mode = "streamed"
 
     def __init__(self, encoder, source, transform, cfg, device, samples: int, dim: int,
                  rows: torch.Tensor | None = None):
         self.encoder, self.source, self.transform, self.cfg, self.device = encoder, source, transform, cfg, device
-        self.dim = dim
-        self.keep = None
-        if rows is not None:
-            self.keep = torch.zeros(samples, dtype=torch.bool)
-            self.keep[rows] = True
-        self.samples = samples if rows is None else len(rows)
+        self.dim, self.indexed = dim, hasattr(source, "item")
+        self.rows = torch.arange(samples) if rows is None else rows
+        self.keep = torch.zeros(samples, dtype=torch.bool)
+        self.keep[self.rows] = True
 
     def __len__(self) -> int:
-        return self.samples
+        return len(self.rows)
+
+    @staticmethod
+    def order(source_indexed: bool, shuffle_rows: int) -> str:
+        if source_indexed:
+            return "a fresh random permutation of the rows every epoch (random access)"
+        return f"shard order, shuffled in blocks of {shuffle_rows} rows"
 
     def steps(self, batch_size: int, epochs: int) -> int:
         return epochs * math.ceil(len(self) / batch_size)
 
-    def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _stream(self, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Tokens of the kept rows: in ``order`` (random-access sets), else in the data's order."""
         device, cfg = torch.device(self.device), self.cfg
         encoder = self.encoder.eval().to(device)
         bf16, seen = use_bf16(cfg.precision, device), 0
-        for images, targets in self.source.batches(self.transform, cfg.batch_size, cfg.workers):
+        if self.indexed:
+            batches = self.source.batches(self.transform, cfg.batch_size, cfg.workers,
+                                          (self.rows if order is None else order).tolist())
+        else:
+            batches = self.source.batches(self.transform, cfg.batch_size, cfg.workers)
+        for images, targets in batches:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 x = self.transform.normalize(images.to(device, non_blocking=True))
                 tokens = extract_batch(encoder, x, 1, tokens=True)[2].to(torch.float16)
             targets = targets.to(device)
-            if self.keep is not None:
+            if not self.indexed:
                 keep = self.keep[seen:seen + len(targets)].to(device)
                 tokens, targets = tokens[keep], targets[keep]
             seen += len(images)
             if len(targets):
                 yield tokens, targets
 
-    def _rebatch(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    @staticmethod
+    def _rebatch(stream, batch_size: int, block: int = 0, generator: torch.Generator | None = None):
+        """Batches of ``batch_size`` rows; with ``block``, rows gathered ``block`` at a time and permuted."""
         held_tokens, held_targets, held = [], [], 0
-        for tokens, targets in self._stream():
+        block = max(block, batch_size)
+        for tokens, targets in stream:
             held_tokens.append(tokens)
             held_targets.append(targets)
             held += len(targets)
-            while held >= batch_size:
-                all_tokens, all_targets = torch.cat(held_tokens), torch.cat(held_targets)
-                yield all_tokens[:batch_size], all_targets[:batch_size]
-                held_tokens, held_targets = [all_tokens[batch_size:]], [all_targets[batch_size:]]
-                held -= batch_size
+            if held < (block if generator is not None else batch_size):
+                continue
+            all_tokens, all_targets = torch.cat(held_tokens), torch.cat(held_targets)
+            if generator is not None:
+                perm = torch.randperm(held, generator=generator).to(all_tokens.device)
+                all_tokens, all_targets = all_tokens[perm], all_targets[perm]
+            full = held // batch_size * batch_size
+            for start in range(0, full, batch_size):
+                yield all_tokens[start:start + batch_size], all_targets[start:start + batch_size]
+            held_tokens, held_targets, held = [all_tokens[full:]], [all_targets[full:]], held - full
         if held:
-            yield torch.cat(held_tokens), torch.cat(held_targets)
+            all_tokens, all_targets = torch.cat(held_tokens), torch.cat(held_targets)
+            if generator is not None:
+                perm = torch.randperm(held, generator=generator).to(all_tokens.device)
+                all_tokens, all_targets = all_tokens[perm], all_targets[perm]
+            for start in range(0, held, batch_size):
+                yield all_tokens[start:start + batch_size], all_targets[start:start + batch_size]
 
     def batches(self, batch_size: int, epochs: int, seed: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)
         for _ in range(epochs):
-            yield from self._rebatch(batch_size)
+            if self.indexed:
+                order = self.rows[torch.randperm(len(self.rows), generator=generator)]
+                yield from self._rebatch(self._stream(order), batch_size)
+            else:
+                yield from self._rebatch(self._stream(), batch_size, self.cfg.stream_shuffle_rows, generator)
 
     def in_order(self, chunk: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self._stream()

@@ -97,12 +97,12 @@ class FoldedCrossAttention(nn.Module):
         q = queries.view(grid, bq, nq, h, dh) * dh ** -0.5
         folded = torch.einsum("ldhe,lbqhe->bdlqh", self.key_weight.view(grid, dim, h, dh), q)
         folded = folded.reshape(bq, dim, grid * nq * h)  # [Bq, D, L Q H]
-        if bq == 1:
-            scores = (tokens.reshape(-1, dim) @ folded[0]).view(batch, -1, grid * nq * h)
+        if bq == 1:  # [L Q H, B T]: the token axis last, so the softmax runs over contiguous memory
+            scores = (folded[0].T @ tokens.reshape(-1, dim).T).view(-1, batch, tokens.shape[1]).transpose(0, 1)
         else:
-            scores = torch.bmm(tokens, folded)  # [B, T, L Q H]
-        weights = scores.softmax(dim=1)
-        pooled = torch.bmm(weights.transpose(1, 2), tokens)  # [B, L Q H, D]: the attention-weighted tokens
+            scores = torch.bmm(folded.transpose(1, 2), tokens.transpose(1, 2))  # [B, L Q H, T]
+        weights = scores.softmax(dim=-1)
+        pooled = torch.bmm(weights, tokens)  # [B, L Q H, D]: the attention-weighted tokens
         pooled = pooled.view(batch, grid, nq, h, dim)
         values = torch.einsum("blqhd,ldhe->lbqhe", pooled, self.value.weight.view(grid, dim, h, dh))
         values = values.reshape(grid, batch, nq, embed)

@@ -353,3 +353,26 @@ def test_export_a_real_pretrain_run_from_the_command_line(tmp_path, image_shards
     assert all(torch.equal(v, checkpoint[prefix + k]) for k, v in exported.items())
     card = (tmp_path / "encoder" / "README.md").read_text()
     assert "# dino_demo: dino, vit_tiny_patch16_224" in card and "steps | 2 of 2" in card
+
+
+def test_exported_modules_rebuild_in_a_process_that_imported_only_the_reader(tmp_path):
+    """load_exported_module needs the builders registered: importing vispre.export.read alone must do it."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_model
+
+    from vispre.models.exportable import ExportSpec
+    from vispre.models.icvf import icvf_phi
+    from vispre.utils.io import write_json
+
+    phi = icvf_phi(width=8, hidden_dims=[4, 4])
+    save_model(phi, str(tmp_path / "phi.safetensors"))
+    spec = ExportSpec("icvf_phi", {"width": 8, "hidden_dims": [4, 4]}, "pooled", 4)
+    write_json(tmp_path / "phi.json", spec.to_json())
+    code = ("import sys, torch; from vispre.export.read import load_exported_module; "
+            "m = load_exported_module(sys.argv[1], 'phi'); "
+            "print(m.spec.out_dim, m.module(torch.zeros(1, 8)).shape[-1])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["4", "4"]

@@ -11,6 +11,7 @@ import timm
 import torch
 
 from ..models import Encoder
+from ..models import icvf as _icvf  # noqa: F401  (registers ICVF's exportable builders: phi, value)
 from ..models.exportable import ExportedModule, ExportSpec
 from ..utils.errors import UserError
 

@@ -22,15 +22,20 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) tools/make_demo_data.py $(DEMO)/data
 	$(VENV)/bin/vispre shards inspect $(DEMO)/data/scenes --decode
-	$(VENV)/bin/vispre shards stream $(DEMO)/data/scenes --samples-per-epoch 4000 --crop 48 --crops 2 --batch-size 64
-	$(VENV)/bin/vispre pretrain recipes/demo/ab_dino.yaml data.spec=$(DEMO)/data/scenes train.output_dir=$(DEMO)/ab_dino
-	$(VENV)/bin/vispre export $(DEMO)/ab_dino $(DEMO)/export
-	$(VENV)/bin/vispre eval eval/demo_digits.yaml --encoder $(DEMO)/export --append-to-card \
-		train.path=$(DEMO)/data/digits-train test.path=$(DEMO)/data/digits-test
-	$(VENV)/bin/vispre eval eval/demo_scenes.yaml --encoder $(DEMO)/export --append-to-card \
-		train.path=$(DEMO)/data/scenes test.path=$(DEMO)/data/scenes-val
-	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, digits-train/, digits-test/)"
-	@echo "AB_DINO run: $(DEMO)/ab_dino (checkpoints/, metrics.jsonl, tensorboard events)"
+	$(VENV)/bin/vispre pretrain recipes/demo/simclr.yaml \
+		data.spec=$(DEMO)/data/scenes::$(DEMO)/data/digits-train train.output_dir=$(DEMO)/simclr
+	$(VENV)/bin/vispre export $(DEMO)/simclr $(DEMO)/export
+	for flags in --append-to-card --random-init; do \
+		$(VENV)/bin/vispre eval eval/demo_digits.yaml --encoder $(DEMO)/export $$flags \
+			train.path=$(DEMO)/data/digits-train test.path=$(DEMO)/data/digits-test && \
+		$(VENV)/bin/vispre eval eval/demo_scenes.yaml --encoder $(DEMO)/export $$flags \
+			train.path=$(DEMO)/data/scenes test.path=$(DEMO)/data/scenes-val && \
+		$(VENV)/bin/vispre eval eval/demo_shapes.yaml --encoder $(DEMO)/export $$flags \
+			train.path=$(DEMO)/data/shapes-train test.path=$(DEMO)/data/shapes-test || exit 1; \
+	done
+	$(PY) tools/demo_report.py $(DEMO)/export demo_digits demo_scenes demo_shapes --data $(DEMO)/data
+	@echo "demo data: $(DEMO)/data (scenes/, scenes-val/, shapes-train/, shapes-test/, digits-train/, digits-test/)"
+	@echo "SimCLR run: $(DEMO)/simclr (checkpoints/, metrics.jsonl, tensorboard events)"
 	@echo "exported encoder (timm local-dir): $(DEMO)/export; scores and plots: $(DEMO)/export/eval/"
 
 # ICVF on the embedded MiniGrid video in both settings (held_out: evaluation and validation layouts kept out of

@@ -214,3 +214,26 @@ def test_overlap_sampler_moves_the_mean_iou_with_the_box_marginal_fixed():
     assert torch.equal(sample_boxes(4, 64, 64, generator=g1), sample_boxes(4, 64, 64, generator=g2, overlap=0.0))
     with pytest.raises(ValueError, match="overlap"):
         sample_boxes(4, 64, 64, overlap=-0.5)  # below -1 / (n - 1): no such correlation
+
+
+def test_photometric_tokens_are_an_option_off_by_default(tmp_path):
+    batch = batches()
+    plain = make_ab(tmp_path, "dino")
+    assert plain.base.online["ab_decoder"].photometric is None  # default: geometry only
+    assert plain.bootstrap_views(batch["bootstrap"]).photometric is None
+    ab = make_ab(tmp_path, "dino", "method.ab.photometric_tokens=true", "method.ab.bootstrap_augment=simclr")
+    views = ab.bootstrap_views(batch["bootstrap"])
+    assert views.photometric.shape == (B_BOOTSTRAP, N_VIEWS, 7)
+    jittered = (views.photometric[..., :3] != 1).any(-1)
+    assert jittered.any() and (~jittered).any()  # SimCLR's jitter p 0.8: some views jittered, some not
+    decoder = ab.base.online["ab_decoder"]
+    tokens = torch.randn(2, 17, 64)
+    a = torch.zeros(2, 3, 12)
+    a[..., 5:8] = 1.0  # identity photometric parameters
+    b = a.clone()
+    b[..., 5] = 1.4  # brighter target view
+    assert (decoder(tokens, a) - decoder(tokens, b)).abs().amax() > 1e-5  # the action now carries them
+    step = ab.base.begin(batch["annotation"])
+    loss, _ = ab.bootstrap_loss(step, views)
+    loss.backward()
+    assert decoder.photometric.weight.grad.abs().sum() > 0

@@ -39,6 +39,7 @@ from ..data.paired import PairedLoader
 from ..models import ActionDecoder, AnnotationHead
 from ..utils.diagnostics import accuracy_in_bins, majority_rate
 from ..views.boxes import box_iou, candidate_boxes, relative_action
+from ..views.photometric import Photometric
 from .base import Encoded, Method, SSLMethod, Step, Views, masked, pair_mask, step_generator
 from .registry import METHODS, register
 
@@ -52,6 +53,7 @@ class ABConfig:
     bootstrap_views: list[CropGroup] = field(default_factory=lambda: [CropGroup(count=4, size=224, scale=[0.05, 1.0])])
     bootstrap_flip: bool = False  # the paper's bootstrap views are RandomResizedCrop only
     bootstrap_augment: str = "none"  # photometric preset on bootstrap views (ablation: "simclr" / "dino")
+    photometric_tokens: bool = False  # the target view's photometric parameters as an action token (option)
     # the value target (v1); the paper gives no gamma, candidate set or normalisation: ours
     gamma: float = 0.8  # ours
     target_norm: str = "future"  # future | total | none (module docstring); ours
@@ -102,7 +104,8 @@ class AB(Method):
                               bias_init=ab.bce_bias if ab.divergence == "bce" else None)
         decoder = ActionDecoder(base.online["encoder"].num_features, ab.dim, ab.decoder_width, ab.decoder_depth,
                                 ab.decoder_heads, encoding=ab.action_encoding, bins=ab.box_bins,
-                                box_range=ab.box_range, mask_actions=ab.mask_actions)
+                                box_range=ab.box_range, mask_actions=ab.mask_actions,
+                                photometric_dim=Photometric.PARAMS if ab.photometric_tokens else 0)
         base.attach({"ab_decoder": decoder, "ab_head": head})
         base.needs_target, base.ema_target = True, ab.ema_target
         self.base, self.cfg = base, ab
@@ -152,7 +155,8 @@ class AB(Method):
 
     def bootstrap_views(self, batch: dict) -> Views:
         """The bootstrap batch's crops, normalised (``bootstrap_augment``: none by default, no colour)."""
-        return self.base.prepare(batch, augment=self.cfg.bootstrap_augment, stream="bootstrap")
+        return self.base.prepare(batch, augment=self.cfg.bootstrap_augment, stream="bootstrap",
+                                 params=self.cfg.photometric_tokens)
 
     def bootstrap_loss(self, step: Step, views: Views) -> tuple[torch.Tensor, dict]:
         """L_AB over all ordered pairs (i, j), i != j, of each bootstrap image's views."""
@@ -163,6 +167,8 @@ class AB(Method):
             _, p = self.base.target_distribution(target.all_pooled(), step)  # [B, V, L]
             y, metrics = self.td_target(p, views, target, self.annotation_embeddings("target", step))
         actions = relative_action(boxes[:, :, None], boxes[:, None], flips[:, :, None], flips[:, None])  # i -> j
+        if views.photometric is not None:  # + x_j's photometric parameters
+            actions = torch.cat([actions, views.photometric[:, None].expand(-1, n, -1, -1)], -1)
         logits = self.q_logits("online", online, actions, self.annotation_embeddings("online", step))  # [B, V, V, L]
         mask = pair_mask(n, n, logits.device)  # i != j
         loss = self.divergence(logits, y[:, None].expand_as(logits)).mean(0)[mask].mean()
@@ -185,7 +191,7 @@ class AB(Method):
         for group in encoded.tokens:
             b, n, t, d = group.shape
             a = actions[:, start:start + n]
-            phi = net["ab_decoder"](group.reshape(b * n, t, d), a.reshape(b * n, a.shape[2], 5))
+            phi = net["ab_decoder"](group.reshape(b * n, t, d), a.reshape(b * n, *a.shape[2:]))
             out.append(phi.view(b, n, a.shape[2], -1))
             start += n
         return net["ab_head"](torch.cat(out, dim=1), psi)
@@ -213,6 +219,10 @@ class AB(Method):
                                                      device=device, flip_p=0.5 if cfg.bootstrap_flip else 0.0)
         to = torch.cat([boxes, random_boxes], 1), torch.cat([flips.bool(), random_flips], 1)  # A': [B, V + K]
         actions = relative_action(boxes[:, :, None], to[0][:, None], flips[:, :, None], to[1][:, None])
+        if views.photometric is not None:  # candidates: the other views' parameters; random boxes: identity
+            identity = torch.tensor([1.0, 1, 1, 0, 0, 0, 0], device=device).expand(b, cfg.num_candidates, -1)
+            photometric = torch.cat([views.photometric, identity], 1)  # [B, V + K, P]
+            actions = torch.cat([actions, photometric[:, None].expand(-1, n, -1, -1)], -1)
         q = self.value(self.q_logits("target", target, actions, psi))  # [B, V, V + K, L]
         stay = torch.zeros(n, to[0].shape[1], dtype=torch.bool, device=device)
         stay[:, :n] = ~pair_mask(n, n, device)  # a' = "stay at x_j" is not a move

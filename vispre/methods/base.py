@@ -47,6 +47,7 @@ class Views:
     boxes: torch.Tensor
     flips: torch.Tensor
     valid: torch.Tensor
+    photometric: torch.Tensor | None = None  # [B, V, Photometric.PARAMS] when prepared with params=True
 
     @property
     def counts(self) -> list[int]:
@@ -195,20 +196,25 @@ class SSLMethod(Method):
         return self.net(which)["encoder"]
 
     # -- views ------------------------------------------------------------------------------------
-    def prepare(self, batch: dict, augment: str | None = None, stream: str = "photometric") -> Views:
-        """uint8 crops from the loader -> augmented, normalised views on the device (batched)."""
+    def prepare(self, batch: dict, augment: str | None = None, stream: str = "photometric",
+                params: bool = False) -> Views:
+        """uint8 crops from the loader -> augmented, normalised views on the device (batched); ``params``:
+        with each view's photometric parameters (``Views.photometric``)."""
         device = next(self.parameters()).device
         generator = step_generator(device, self.seed, self.step, self.rank, stream)
         preset = augment or self.augment
-        groups, view = [], 0
+        groups, described, view = [], [], 0
         for crops in batch["views"]:
             crops = crops.to(device, non_blocking=True)
             out = []
             for i in range(crops.shape[1]):
-                out.append(Photometric.preset(preset, view)(crops[:, i], generator))
+                images, p = Photometric.preset(preset, view)(crops[:, i], generator, return_params=True)
+                out.append(images)
+                described.append(p)
                 view += 1
             groups.append(torch.stack(out, dim=1))
-        return Views(groups, batch["boxes"].to(device), batch["flips"].to(device), batch["valid"].to(device))
+        return Views(groups, batch["boxes"].to(device), batch["flips"].to(device), batch["valid"].to(device),
+                     torch.stack(described, dim=1) if params else None)
 
     def encode(self, which: str, views: Views, groups=None, tokens: bool = False) -> Encoded:
         """Encode the views of ``groups`` (all by default), one encoder call per crop size."""

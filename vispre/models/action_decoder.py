@@ -9,7 +9,9 @@ view spans [0, 1]^2. Each action is T = 5 query tokens:
         one of ``bins`` uniform bins over ``box_range`` -> a learned embedding, plus which-coordinate embedding;
     encoding "fourier" (ours, an option): [c, sin(f c), cos(f c)] -> Linear, plus which-coordinate embedding;
     mask_actions (the preprint's Table 5 ablation): every box token is one learned mask token, decoder kept;
-    + flip * flip embedding on the 4 box tokens, and a learned readout token whose output is phi_AB.
+    + flip * flip embedding on the 4 box tokens, and a learned readout token whose output is phi_AB;
+    with ``photometric_dim`` (an option, off by default) the target view's photometric parameters
+    (actions[..., 5:]) are one more token, through a Linear.
 
 K actions of one view are packed into one sequence [K * T] (the preprint's token packing) with a
 block-diagonal self-attention mask, so actions never see each other and the image's keys/values are
@@ -84,11 +86,13 @@ class ActionDecoder(nn.Module):
 
     def __init__(self, dim: int, out_dim: int = 256, width: int = 384, depth: int = 2, num_heads: int = 6,
                  mlp_ratio: float = 4.0, encoding: str = "tokens", bins: int = 100, box_range=(-4.5, 5.5),
-                 mask_actions: bool = False):
+                 mask_actions: bool = False, photometric_dim: int = 0):
         super().__init__()
         assert width % num_heads == 0, f"width {width} not divisible by {num_heads} heads"
-        self.tokens_per_action = 5  # 4 box tokens + the readout
+        self.tokens_per_action = 5 + (photometric_dim > 0)  # 4 box tokens (+ 1 photometric) + the readout
         self.box_tokens = BoxTokens(width, encoding, bins, box_range, mask_actions)
+        # optional: the target view's photometric parameters (actions[..., 5:]) as one more token
+        self.photometric = nn.Linear(photometric_dim, width) if photometric_dim else None
         self.readout = nn.Parameter(torch.zeros(width))
         self.context = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, width))
         layer = nn.TransformerDecoderLayer(width, num_heads, int(width * mlp_ratio), dropout=0.0, activation="gelu",
@@ -113,7 +117,10 @@ class ActionDecoder(nn.Module):
         if single:
             actions = actions.unsqueeze(1)
         b, k = actions.shape[:2]
-        queries = torch.cat([self.box_tokens(actions), self.readout.expand(b, k, 1, -1)], 2)  # [B, K, T, W]
+        tokens_in = [self.box_tokens(actions[..., :5])]
+        if self.photometric is not None:
+            tokens_in.append(self.photometric(actions[..., 5:].to(self.readout.dtype)).unsqueeze(2))
+        queries = torch.cat([*tokens_in, self.readout.expand(b, k, 1, -1)], 2)  # [B, K, T, W]
         x = queries.flatten(1, 2)  # packed: [B, K T, W]
         if self.layers is not None:
             x = self.layers(x, self.context(tokens), tgt_mask=self.self_attention_mask(k, x.device))

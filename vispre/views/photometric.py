@@ -175,10 +175,22 @@ class Photometric(nn.Module):
         return _preset(name, view if name == "dino" else 0)
 
     # forward -----------------------------------------------------------------------------------
+    PARAMS = 7  # describe(): brightness, contrast, saturation, hue shift, grey, blur sigma (0: none), solarize
+
+    def describe(self, u: torch.Tensor) -> torch.Tensor:
+        """The parameters each sample was augmented with, from its draws ``u`` [N, 13]: [N, PARAMS]
+        (the identity is (1, 1, 1, 0, 0, 0, 0))."""
+        b, c, s, shift = self._factors(u)
+        grey_on = (u[:, 5] < self.grey_p).to(b.dtype)
+        lo, hi = self.sigma
+        sigma = torch.where(u[:, 6] < self.blur_p, lo + (hi - lo) * u[:, 7], 0.0)
+        return torch.stack([b, c, s, shift, grey_on, sigma, (u[:, 8] < self.solarize_p).to(b.dtype)], -1)
+
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                dtype: torch.dtype | str | None = None, chunk: int | None = None) -> torch.Tensor:
+                dtype: torch.dtype | str | None = None, chunk: int | None = None, return_params: bool = False):
         """``dtype``: the output dtype (float32 default; 'autocast': the active autocast dtype).
-        ``chunk``: samples per pass (default: whole batch on accelerators, ~2 MiB of float pixels on the CPU)."""
+        ``chunk``: samples per pass (default: whole batch on accelerators, ~2 MiB of float pixels on the CPU).
+        ``return_params``: also return ``describe`` of the draws, [N, PARAMS]."""
         n, _, h, w = images.shape
         device = images.device
         params = torch.rand(n, _DRAWS, generator=generator,
@@ -189,7 +201,7 @@ class Photometric(nn.Module):
         with torch.autocast(device.type, enabled=False):  # float32 maths whatever the caller's autocast
             for i in range(0, n, chunk):  # chunks of the batch, never a loop over samples
                 out[i:i + chunk] = self._augment(images[i:i + chunk], params[i:i + chunk])
-        return out
+        return (out, self.describe(params)) if return_params else out
 
     def _augment(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255 if not images.is_floating_point() else images.to(torch.float32, copy=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 # probe name -> (test split in the demo data, task)
@@ -36,6 +37,11 @@ def chance(info: dict | None, probe: str) -> dict[str, float]:
     return {"top1": 100.0 / len(entry["label_counts"])}
 
 
+def natural(key: str) -> list:
+    """Sort key that puts fewshot/5shot before fewshot/10shot."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 def load_scores(path: Path) -> dict[str, float] | None:
     try:
         return json.loads(path.read_text())["scores"]
@@ -56,7 +62,8 @@ def report(export: Path, probes: list[str], data: Path | None) -> list[dict]:
             continue
         levels = chance(info, probe)
         keys = [k for k in HEADLINE if k in trained and k in random]
-        keys += sorted(k for k in trained if k in random and k not in keys and k.split("/")[-1] in ("top1", "mAP"))
+        keys += sorted((k for k in trained if k in random and k not in keys and k.split("/")[-1] in ("top1", "mAP")),
+                       key=natural)
         for key in keys:
             rows.append({"probe": probe, "metric": key, "pretrained": round(trained[key], 2),
                          "random_init": round(random[key], 2), "gain": round(trained[key] - random[key], 2),

@@ -52,7 +52,8 @@ def shards(tmp_path_factory):
 
 
 def recipe_args(shards, out, *extra):
-    return [*TINY_MODEL, f"data.spec={shards}", "data.weights=null", "data.batch_size=4", "data.workers=0", "data.samples_per_epoch=16",
+    return [*TINY_MODEL, f"data.spec={shards}", "data.weights=null", "data.batch_size=4", "data.workers=0",
+            "data.samples_per_epoch=16",
             "data.shuffle_buffer=4", "data.views=[{count: 1, size: 32}]", "method.name=toy_energy",
             "method.toy_energy.scale=2.5", "train.steps=2", "train.log_every=1", "train.diagnostics_every=0",
             "train.trackers=[]", "train.threads=1", f"train.output_dir={out}", *extra]

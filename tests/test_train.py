@@ -18,7 +18,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def overrides(spec, out, *extra):
-    return [*TINY_MODEL, f"data.spec={spec}", "data.weights=null", "data.batch_size=8", "data.workers=1", "data.samples_per_epoch=48",
+    return [*TINY_MODEL, f"data.spec={spec}", "data.weights=null", "data.batch_size=8", "data.workers=1",
+            "data.samples_per_epoch=48",
             "data.shuffle_buffer=8", "data.views=[{count: 2, size: 32, scale: [0.3, 1.0]}, {count: 2, size: 16}]",
             "method.name=ab", "method.dino.out_dim=32", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
             *TINY_AB, "method.ab.bootstrap_batch_size=8", "train.log_every=1", "train.diagnostics_every=0",

@@ -16,7 +16,7 @@ from vispre.data.shard_writer import update_sizes, write_shard
 from vispre.evaluation import EvalTransform, Features, KnnConfig, LinearConfig, ProbeRecipe, cached_features
 from vispre.evaluation.features import extract_batch
 from vispre.evaluation.fewshot import fewshot_eval
-from vispre.evaluation.grid import GridOptimizer, OptimConfig
+from vispre.evaluation.grid import GridOptimConfig, GridOptimizer
 from vispre.evaluation.knn import knn_eval, knn_votes
 from vispre.evaluation.linear import (
     LinearHeads,
@@ -97,7 +97,7 @@ def test_heads_share_the_init_and_keep_their_own_lr():
     x = torch.randn(5, 8)
     heads(x).sum().backward()
     before = heads.weight.detach().clone()
-    GridOptimizer(heads.param_lrs(), OptimConfig(kind="sgd", momentum=0.9)).step(1.0)
+    GridOptimizer(heads.param_lrs(), GridOptimConfig(kind="sgd", momentum=0.9)).step(1.0)
     step = before - heads.weight.detach()
     assert torch.allclose(step[:, 1], 10 * step[:, 0], atol=1e-7)
 

@@ -108,13 +108,10 @@ def extract_batch(encoder, x: torch.Tensor, n_blocks: int, tokens: bool = False)
     equals that plus ``Encoder.forward(x).tokens.mean(1)``, which is what other models run (two passes:
     the Encoder API has no single call that returns both, and extraction is most of the CPU time).
     """
-    m = encoder.timm_model
-    if hasattr(m, "num_prefix_tokens") and hasattr(m, "forward_intermediates"):
-        outs = m.forward_intermediates(x, indices=n_blocks, return_prefix_tokens=True, norm=True,
-                                       intermediates_only=True, output_fmt="NLC")
-        has_cls = getattr(m, "cls_token", None) is not None
-        pooled = [prefix[:, 0] if has_cls else patches.mean(1) for patches, prefix in outs]
-        patches, prefix = outs[-1]
+    blocks = encoder.vit_intermediates(x, n_blocks)
+    if blocks is not None:
+        pooled = [encoder.pool_block(patches, prefix) for patches, prefix in blocks]
+        patches, prefix = blocks[-1]
         if tokens:
             return pooled, patches.mean(1), torch.cat([prefix, patches], 1)
         return pooled, patches.mean(1)

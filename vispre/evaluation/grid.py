@@ -62,7 +62,7 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.T
 
 
 @dataclass
-class OptimConfig:
+class GridOptimConfig:
     kind: str = "sgd"  # sgd | adamw
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -76,7 +76,7 @@ class GridOptimizer:
     ``params``: (parameter, learning rates shaped to broadcast against it), e.g. a weight [L, D, C]
     with lrs [L, 1, 1]. Equal, head by head, to torch.optim.SGD / AdamW with that head's lr."""
 
-    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], cfg: OptimConfig):
+    def __init__(self, params: list[tuple[torch.Tensor, torch.Tensor]], cfg: GridOptimConfig):
         if cfg.kind not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be sgd or adamw, got {cfg.kind!r}")
         self.params, self.cfg, self.t = params, cfg, 0
@@ -133,7 +133,7 @@ def fit(forward: Callable[[object], torch.Tensor], optimizer: GridOptimizer,
 
 
 def train_reference(head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total_steps: int, *,
-                    task: str, lr: float, optim: OptimConfig, warmup: int = 0) -> nn.Module:
+                    task: str, lr: float, optim: GridOptimConfig, warmup: int = 0) -> nn.Module:
     """One head the ordinary way: torch.optim.SGD / AdamW and a LambdaLR with the grid's schedule."""
     if optim.kind == "sgd":
         optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=optim.momentum,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .features import Features
-from .grid import GridOptimizer, OptimConfig, batch_order, fit, head_loss, steps_per_epoch
+from .grid import GridOptimConfig, GridOptimizer, batch_order, fit, head_loss, steps_per_epoch
 from .metrics import grid_metrics, headline
 
 
@@ -87,7 +87,7 @@ def train_grid(train: Features, variants: list[Variant], lrs: list[float], *, ta
     heads = {v: LinearHeads(v.in_dim(train), num_classes, lrs, seed).to(device) for v in variants}
     columns = {v: v.columns(train) for v in variants}
     optimizer = GridOptimizer([pl for h in heads.values() for pl in h.param_lrs()],
-                              OptimConfig(kind="sgd", momentum=momentum))
+                              GridOptimConfig(kind="sgd", momentum=momentum))
 
     def batches():
         for index in batch_order(len(train), batch_size, epochs, seed):

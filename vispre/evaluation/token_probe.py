@@ -15,7 +15,7 @@ import time
 import torch
 
 from .decoder_probe import DecoderGrid, DecoderHead
-from .grid import GridOptimizer, OptimConfig, fit
+from .grid import GridOptimConfig, GridOptimizer, fit
 from .map_probe import MapGrid, MapHead
 from .metrics import grid_metrics, headline
 
@@ -44,8 +44,8 @@ def make_grid(kind: str, head, lrs: list[float]):
     return MapGrid(head, lrs) if kind == "map" else DecoderGrid(head, lrs)
 
 
-def optim_config(cfg) -> OptimConfig:
-    return OptimConfig(kind="adamw", weight_decay=cfg.weight_decay)
+def optim_config(cfg) -> GridOptimConfig:
+    return GridOptimConfig(kind="adamw", weight_decay=cfg.weight_decay)
 
 
 def warmup_steps(cfg, total: int) -> int:

@@ -101,6 +101,19 @@ class Encoder(nn.Module):
         tokens, prefix = self._to_tokens(features)
         return EncoderOutput(tokens, pooled, prefix)
 
+    def vit_intermediates(self, x: torch.Tensor, n_last_blocks: int = 1):
+        """ViT-like models, one pass: the last ``n_last_blocks`` blocks' normed outputs as (patches [B, N, D],
+        prefix [B, P, D]) pairs, oldest first; None for models without prefix tokens (CNNs)."""
+        m = self.timm_model
+        if not (hasattr(m, "num_prefix_tokens") and hasattr(m, "forward_intermediates")):
+            return None
+        return m.forward_intermediates(x, indices=n_last_blocks, return_prefix_tokens=True, norm=True,
+                                       intermediates_only=True, output_fmt="NLC")
+
+    def pool_block(self, patches: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """A ViT block's pooled feature for probes: the CLS token when the model has one, else the patch mean."""
+        return prefix[:, 0] if getattr(self.timm_model, "cls_token", None) is not None else patches.mean(1)
+
     def intermediate_features(self, x: torch.Tensor, n_last_blocks: int = 1) -> list[torch.Tensor]:
         """Pooled features [B, D_i] of the last ``n_last_blocks`` blocks (ViT) or stages (CNN).
 
@@ -108,14 +121,11 @@ class Encoder(nn.Module):
         average). ViT: final norm applied, CLS token when the model has one, else patch mean.
         CNN: global average of each stage's map. Gradients flow; wrap in no_grad for probes.
         """
-        m = self.timm_model
-        if hasattr(m, "num_prefix_tokens"):  # ViT-like
-            outs = m.forward_intermediates(x, indices=n_last_blocks, return_prefix_tokens=True, norm=True,
-                                           intermediates_only=True, output_fmt="NLC")
-            has_cls = getattr(m, "cls_token", None) is not None
-            return [prefix[:, 0] if has_cls else patches.mean(1) for patches, prefix in outs]
+        blocks = self.vit_intermediates(x, n_last_blocks)
+        if blocks is not None:
+            return [self.pool_block(patches, prefix) for patches, prefix in blocks]
         # NCHW here even for NHWC models (swin): timm's forward_intermediates default
-        outs = m.forward_intermediates(x, indices=n_last_blocks, intermediates_only=True)
+        outs = self.timm_model.forward_intermediates(x, indices=n_last_blocks, intermediates_only=True)
         return [o.mean((2, 3)) for o in outs]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..utils.typed_config import ConfigError, load_config, load_section
-from . import bc, gcbc, gciql, gcivl, hiql, hiql_ogbench, iql  # noqa: F401  (register the built-in agents)
+from . import bc, cql, gcbc, gciql, gcivl, hiql, hiql_ogbench, iql, online  # noqa: F401  (register the built-in agents)
 from .agent import AgentConfig
 from .registry import AGENTS
 

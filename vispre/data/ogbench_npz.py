@@ -15,13 +15,14 @@ chunks to a ``.npy`` file there and memory-mapped from it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ..utils.io import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,9 @@ def _decompress_to_cache(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
     target = cache_dir / f"{path.stem}.{info.filename[:-4]}.{stat.st_size}-{stat.st_mtime_ns}.npy"
     if not target.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         log.info("decompressing %s:%s to %s for memory mapping", path, info.filename, target)
-        with zf.open(info) as src, open(tmp, "wb") as dst:
+        with atomic_output(target) as tmp, zf.open(info) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, length=64 << 20)
-        os.replace(tmp, target)
     return np.load(target, mmap_mode="r", allow_pickle=False)
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..data.formats import frame_ext
 from ..data.shard_writer import ShardWriter
-from ..utils.io import write_json
+from ..utils.io import atomic_output, write_json
 from .layouts import LayoutHoldout, distinct_layouts, layout_of
 from .minigrid import get_task
 from .rollouts import Behaviour, Episode, Roller
@@ -99,13 +99,8 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def png(frame: np.ndarray) -> bytes:

@@ -494,3 +494,22 @@ def test_a_bad_export_folder_is_a_user_error_on_the_command_line(exported, tmp_p
     assert main(["eval", str(recipe), "--encoder", str(folder)]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert f"{folder / 'model.safetensors'}: cannot read the weights" in err and "Traceback" not in err
+
+
+def test_a_dead_holders_forked_worker_delays_the_lock_but_does_not_keep_it(tmp_path):
+    """A SIGKILLed trainer's loader workers inherit its flock and outlive it by a few seconds: the next run waits
+    for them (the holder's pid is dead) instead of calling the directory busy."""
+    import subprocess
+    import sys
+    import time
+
+    from vispre.utils.runlock import RunLock
+
+    code = ("import os, sys, time\nfrom vispre.utils.runlock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "if os.fork() == 0:\n    time.sleep(2)\n    os._exit(0)\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    start = time.monotonic()
+    lock = RunLock(tmp_path).acquire()
+    waited = time.monotonic() - start
+    assert 0.5 < waited < 30, waited  # it waited for the orphan, then took the lock over
+    lock.release()

@@ -62,16 +62,25 @@ class RunLock:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
         return f"pid {holder.get('pid')} on {holder.get('host')} (since {since}: {holder.get('command', '?')})"
 
-    def acquire(self) -> RunLock:
+    def acquire(self, orphan_wait: float = 30.0) -> RunLock:
+        """Take the lock. A holder that no longer runs may still hold the flock for a moment through the loader
+        workers it forked (they inherit the lock and exit a few seconds after their parent): then wait up to
+        ``orphan_wait`` seconds for them before calling the directory busy."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + orphan_wait
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                holder = self.holder()
+                if (holder and holder.get("host") == socket.gethostname()
+                        and not _alive(int(holder.get("pid", -1))) and time.monotonic() < deadline):
+                    time.sleep(0.2)  # the dead holder's forked workers still hold the flock
+                    continue
                 raise DirectoryLocked(f"{self.directory} ({self.what}) is in use by "
-                                      f"{self._describe(self.holder())}: wait for that run to end, stop it, or "
+                                      f"{self._describe(holder)}: wait for that run to end, stop it, or "
                                       "choose another output directory") from None
             try:
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:

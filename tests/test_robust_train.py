@@ -423,53 +423,6 @@ def test_nonfinite_stop_exit_status(tmp_path, shards, recipe, monkeypatch, capsy
     assert "stopped: step 1: non-finite loss" in capsys.readouterr().err
 
 
-# -- export folders checked against their weights ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, shards):
-    from vispre.export.write import export
-
-    root = tmp_path_factory.mktemp("export")
-    trainer(shards, root / "run", "train.steps=1").fit()
-    return export(root / "run", root / "encoder")
-
-
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: d.update(num_features=999), r"config.json: num_features is 999 but architecture"),
-    (lambda d: d["model_args"].update(patch_size=16),
-     r"model.safetensors does not match .*config.json .*patch_embed.proj.weight is \[64, 3, 8, 8\] in the file, "
-     r"\[64, 3, 16, 16\] by config.json"),
-    (lambda d: d.update(architecture="no_such_model"), r"config.json: architecture 'no_such_model' .* does not build"),
-])
-def test_export_config_is_checked_against_its_weights(exported, tmp_path, damage, message):
-    import shutil
-
-    from vispre.export.read import ExportError, load_encoder
-
-    folder = tmp_path / "encoder"
-    shutil.copytree(exported, folder)
-    config = json.loads((folder / "config.json").read_text())
-    damage(config)
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ExportError, match=message):
-        load_encoder(folder)
-
-
-def test_corrupt_export_files_name_the_file(exported, tmp_path):
-    import shutil
-
-    from vispre.export.read import ExportError, load_encoder
-
-    assert load_encoder(exported).num_features == 64  # the intact export loads
-    folder = tmp_path / "encoder"
-    shutil.copytree(exported, folder)
-    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
-    with pytest.raises(ExportError, match=f"{folder / 'model.safetensors'}: cannot read the weights"):
-        load_encoder(folder)
-    (folder / "config.json").write_text("{")
-    with pytest.raises(ExportError, match=f"{folder / 'config.json'}: not valid JSON"):
-        load_encoder(folder)
-
-
 def test_a_method_config_can_check_its_values(monkeypatch):
     from vispre.methods.dino import DINOConfig
     from vispre.utils.errors import ValueCheckError
@@ -480,20 +433,6 @@ def test_a_method_config_can_check_its_values(monkeypatch):
     monkeypatch.setattr(DINOConfig, "check_values", check_values, raising=False)
     with pytest.raises(ValueCheckError, match=r"method\.dino\.teacher_temp: must be in \(0, 1\], got 0.0"):
         load_recipe(None, ["data.spec=x", "method.name=dino", "method.dino.teacher_temp=0"])
-
-
-def test_a_bad_export_folder_is_a_user_error_on_the_command_line(exported, tmp_path, capsys):
-    import shutil
-
-    recipe = ROOT / "eval" / "demo_digits.yaml"
-    if not recipe.exists():
-        pytest.skip("no eval recipe to point at the export")
-    folder = tmp_path / "encoder"
-    shutil.copytree(exported, folder)
-    (folder / "model.safetensors").write_bytes(b"garbage")
-    assert main(["eval", str(recipe), "--encoder", str(folder)]) == EXIT_USER_ERROR
-    err = capsys.readouterr().err
-    assert f"{folder / 'model.safetensors'}: cannot read the weights" in err and "Traceback" not in err
 
 
 def test_a_dead_holders_forked_worker_delays_the_lock_but_does_not_keep_it(tmp_path):

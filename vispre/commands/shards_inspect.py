@@ -6,12 +6,6 @@ import argparse
 import json
 import sys
 
-from tqdm import tqdm
-
-from ..data.inspect import format_report, inspect_spec
-from ..data.skips import FAILED_SHARD
-from ..utils.errors import EXIT_FAILURE
-
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -30,6 +24,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.inspect import format_report, inspect_spec
+    from ..data.skips import FAILED_SHARD
+    from ..utils.errors import EXIT_FAILURE
+
     progress = (lambda urls: tqdm(urls, desc="shards", unit="shard", file=sys.stderr)) if not args.json else None
     report = inspect_spec(args.spec, decode=args.decode, allow_pipe=args.allow_pipe,
                           write_sizes=args.write_sizes, progress=progress)

@@ -11,11 +11,7 @@ import json
 import sys
 import time
 
-from tqdm import tqdm
-
-from ..data import CropGroup, DataConfig, build_loader
-from ..data.formats import FORMATS
-from ..utils.errors import EXIT_FAILURE
+from ..data.formats import FORMATS  # light: vispre.data imports its loader lazily
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -43,6 +39,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data import CropGroup, DataConfig, build_loader
+    from ..utils.errors import EXIT_FAILURE
+
     config = DataConfig(spec=args.spec, format=args.format, weights=args.weights,
                         resampled=args.samples_per_epoch is not None, samples_per_epoch=args.samples_per_epoch,
                         batch_size=args.batch_size, workers=args.workers, seed=args.seed,

@@ -9,7 +9,6 @@ head's val/test scores, every k, every few-shot draw).
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 
 import torch
@@ -46,7 +45,7 @@ def build_protocol(cfg, *, encoder_info: dict, transform, data: dict, cache: dic
     linear, knn, fewshot = cfg.linear, cfg.knn, cfg.fewshot
     protocol = {
         "vispre_version": __version__, "torch": torch.__version__, "timm": timm.__version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device), "host": platform.node(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),  # no host name: published with the export
         "eval": cfg.name, "task": cfg.task, "num_classes": num_classes, "seed": cfg.seed,
         "encoder": encoder_info,
         "resolution": transform.size, "transform": transform.describe(),

@@ -36,7 +36,7 @@ from ..models.exportable import ExportedModule
 from ..pretrain.checkpoint import find_checkpoint, load_checkpoint, nonfinite_tensors, read_state
 from ..pretrain.recipe import PretrainConfig, recipe_from_values
 from ..utils.errors import UserError
-from ..utils.io import write_json
+from ..utils.io import swap_in_dir, write_json
 from ..utils.typed_config import ConfigError
 from ..views.photometric import IMAGENET_MEAN, IMAGENET_STD
 from .card import (  # noqa: F401  (append_scores: public API)
@@ -198,7 +198,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path, which: str = "tar
         if scores:
             (tmp / SCORES).write_text(json.dumps(public(scores), indent=1))
         write_card(tmp)
-        _swap_in(tmp, out)
+        swap_in_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported the %s encoder of %s to %s", which, checkpoint, out)
@@ -210,14 +210,3 @@ def _check_target(out: Path) -> None:
         raise FileExistsError(f"{out} exists and is not a vispre export: choose an empty or new directory")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an older export is moved aside first, then deleted."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for file in tmp.iterdir():  # safetensors writes 0600; an export is meant to be read by others
-        file.chmod(0o666 & ~umask)
-    old = out.parent / f".old-{out.name}-{os.getpid()}"
-    if out.exists() and any(out.iterdir()):
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..export.read import load_encoder, load_exported_module
 from ..models import icvf as _icvf_builders  # noqa: F401  (registers icvf_value / icvf_phi for load_exported_module)
-from ..utils.io import write_json
+from ..utils.io import swap_in_dir, write_json
 from ..views.shift import shift_frames
 from .encoders import _normalisation
 from .task_data import DatasetMix, TaskSource
@@ -233,12 +233,7 @@ def write_value_export(export_dir: str | Path, out_dir: str | Path, value: Froze
     (tmp / "phi.safetensors").unlink(missing_ok=True)  # phi was the original's: drop it with its spec
     (tmp / "phi.json").unlink(missing_ok=True)
     write_json(tmp / "viva_finetune.json", {"from": str(src.resolve()), **info})
-    old = out.parent / f".old-{out.name}-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return swap_in_dir(tmp, out)
 
 
 # -- a sparse-reward MiniGrid goal-reaching task ---------------------------------------------------------------

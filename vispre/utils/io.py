@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,3 +40,23 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 def write_json(path: str | Path, value: Any, indent: int = 1) -> Path:
     return write_atomic(path, json.dumps(value, indent=indent) + "\n")
+
+
+def swap_in_dir(tmp: str | Path, out: str | Path) -> Path:
+    """Rename a finished folder ``tmp`` into place at ``out`` (readers see the old folder or the new one, never
+    half of either); an older ``out`` is moved aside first, then deleted. Files get the umask's permissions
+    (safetensors writes 0600; exports are meant to be read by others)."""
+    tmp, out = Path(tmp), Path(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in tmp.iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
+    old = out.parent / f".old-{out.name}-{os.getpid()}"
+    if out.exists() and any(out.iterdir()):
+        os.replace(out, old)
+    elif out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -1,6 +1,7 @@
-"""The ``vispre`` command: ``vispre shards write|inspect|stream``, ``vispre pretrain`` (more sub-commands as they land).
+"""The ``vispre`` command: ``vispre shards write|inspect|stream``, ``pretrain``, ``export``, ``eval``, ``recipes``.
 
-Each sub-command lives in ``vispre/commands/`` and registers its own parser.
+Each sub-command lives in ``vispre/commands/`` and registers its own parser; the modules import torch & co.
+only in their ``run()``, so ``vispre --help`` and argument errors are instant (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import eval as eval_command
-    from .commands import export, pretrain, shards_inspect, shards_stream, shards_write
+    from .commands import export, pretrain, recipes, shards_inspect, shards_stream, shards_write
 
     parser = argparse.ArgumentParser(
         prog="vispre",
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Data lives in WebDataset shards; start with 'vispre shards --help'.")
     parser.add_argument("--version", action="version", version=f"vispre {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (also off when stderr is no TTY)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     shards = commands.add_parser("shards", help="write and inspect WebDataset shards",
                                  description="Write shards from image folders, Hugging Face datasets, COCO "
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.register(commands)
     export.register(commands)
     eval_command.register(commands)
+    recipes.register(commands)
     return parser
 
 
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from .utils.errors import EXIT_USER_ERROR, UserError
 
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from .utils.progress import set_quiet
+
+        set_quiet(True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -75,6 +75,25 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         raise ConfigError(f"{where}{getattr(e, 'full_key', '?')}: {message}") from e
 
 
+def preview_yaml(schema: type, path: str | Path | None = None, overrides: Sequence[str] = (),
+                 **defaults: Any) -> str:
+    """What ``load_config`` would resolve, as YAML, even while required values are missing: they show as
+    ``???`` and a trailing comment lists them (``--print-config`` before the values are filled in)."""
+    try:
+        config = OmegaConf.structured(schema)
+        if defaults:
+            config = OmegaConf.merge(config, defaults)
+        if path is not None:
+            config = OmegaConf.merge(config, load_yaml(path))
+        config = apply_overrides(config, overrides)
+    except OmegaConfBaseException as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{getattr(e, 'full_key', '?')}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from e
+    missing = sorted(OmegaConf.missing_keys(config))
+    text = OmegaConf.to_yaml(config)
+    return text + (f"# missing required value(s): {', '.join(missing)}\n" if missing else "")
+
+
 def apply_overrides(config, overrides: Sequence[str]):
     """``key=value`` overrides, one at a time, values parsed as YAML; returns the config. A key through a list
     item (``arms.2.encoder=DIR``) goes through ``OmegaConf.update``: merging a ``from_dotlist`` tree would read

@@ -237,3 +237,12 @@ def test_photometric_tokens_are_an_option_off_by_default(tmp_path):
     loss, _ = ab.bootstrap_loss(step, views)
     loss.backward()
     assert decoder.photometric.weight.grad.abs().sum() > 0
+
+
+def test_ab_clip_runs_the_target_text_tower_once_per_step(tmp_path):
+    ab = make_ab(tmp_path, "clip")
+    calls = []
+    ab.base.net("target")["text"].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    loss, _ = ab(batches())
+    assert calls == [B_ANNOTATION]  # keys and psi_AB's target inputs share one pass over the captions
+    loss.backward()

@@ -62,16 +62,19 @@ class CLIP(SSLMethod):
         generator = step_generator("cpu", self.seed, self.step, self.rank, "captions")
         step.captions = pick_captions(step.batch, generator)
         step.text = self.online["text"](step.captions).float()  # [B, E], with gradient (base loss, AB head)
-        if step.target is not None:  # AB: the captions' keys, from the target network's text tower
+        if step.target is not None:  # AB: the captions' keys, from the target network's text tower (run once)
             with torch.no_grad():
-                step.keys = gather_no_grad(F.normalize(self.net("target")["text"](step.captions).float(), dim=-1))
+                step.target_text = gather_no_grad(self.net("target")["text"](step.captions).float())
+            step.keys = F.normalize(step.target_text, dim=-1)
 
     def annotation_inputs(self, which: str, step: Step) -> torch.Tensor:
         """[L, E]: the text tower's embeddings of the step's captions from the ``which`` network, all ranks."""
         if which == "online":
             return gather_with_grad(step.text.contiguous())
-        with torch.no_grad():
-            return gather_no_grad(self.net("target")["text"](step.captions).float())
+        if step.target_text is None:  # annotations() computes it once per step when there is a target
+            with torch.no_grad():
+                step.target_text = gather_no_grad(self.net("target")["text"](step.captions).float())
+        return step.target_text
 
     def annotation_logits(self, which: str, features: torch.Tensor, step: Step) -> torch.Tensor:
         return self.scale("target") * self.image_embed(which, features) @ step.keys.T

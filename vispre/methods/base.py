@@ -84,6 +84,7 @@ class Step:
     keys: torch.Tensor | None = None  # [L, P] a per-step annotation set from the target network, all ranks
     captions: list[str] | None = None  # CLIP: the caption drawn for each image
     text: torch.Tensor | None = None  # CLIP: the online text tower's embeddings of the captions (gradient)
+    target_text: torch.Tensor | None = None  # CLIP under AB: the target text tower's embeddings, all ranks
 
 
 class Method(nn.Module):

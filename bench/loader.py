@@ -27,8 +27,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def make_shards(directory: Path, side: int, count: int) -> str:
-    """JPEG q=90 crops of the photos bundled with scikit-image/scikit-learn, shorter side ``side``."""
+def make_shards(directory: Path, side: int, count: int, per_shard: int | None = None, extra=None) -> str:
+    """JPEG q=90 crops of the photos bundled with scikit-image/scikit-learn, shorter side ``side``, in shards of
+    ``per_shard`` samples (default: one shard); ``extra(i)`` adds fields to sample i (bench/gpu.py: txt, cls)."""
     import numpy as np
     from PIL import Image
 
@@ -37,7 +38,7 @@ def make_shards(directory: Path, side: int, count: int) -> str:
 
     photos = list(load_photos().values())
     rng = np.random.RandomState(side)
-    with ShardWriter(directory, prefix=f"photos{side}", samples_per_shard=count) as writer:
+    with ShardWriter(directory, prefix=f"photos{side}", samples_per_shard=per_shard or count) as writer:
         for i in range(count):
             photo = photos[i % len(photos)]
             aspect = rng.uniform(0.75, 1.5)
@@ -50,7 +51,7 @@ def make_shards(directory: Path, side: int, count: int) -> str:
                                Image.BICUBIC)
             buffer = io.BytesIO()
             crop.convert("RGB").save(buffer, "JPEG", quality=90)
-            writer.write({"__key__": f"{i:06d}", "jpg": buffer.getvalue()})
+            writer.write({"__key__": f"{i:06d}", "jpg": buffer.getvalue(), **(extra(i) if extra else {})})
     return str(directory / f"photos{side}-00000.tar")
 
 

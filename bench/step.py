@@ -69,24 +69,33 @@ def _measure(method_overrides, args) -> tuple[float, float]:
     kwargs = f"{{img_size: {args.sizes[0]}, patch_size: {args.patch}}}"
     cfg = load_recipe(None, ["data.spec=unused", f"model.name={args.model}", f"model.kwargs={kwargs}",
                              f"method.dino.out_dim={args.prototypes}", "method.clip.text=tiny", *method_overrides])
-    torch.manual_seed(0)
-    method = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs)).to(args.device)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+    method, optimizer = build_row(cfg, args.device)
     batch = batch_for(cfg.method.name == "ab", args)
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    return timed(lambda i: method_step(method, optimizer, batch, i, args.device, args.bf16), args)
 
-    def step(i):
-        method.set_step(i, 1000)
-        with torch.autocast(args.device, dtype=dtype, enabled=args.bf16):
-            loss, _ = method(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.update_target(0.996)
 
-    return timed(step, args)
+def build_row(cfg, device: str):
+    """The recipe's method on its encoder (seed 0) and AdamW over its trainable parameters (fused on CUDA).
+    Shared with bench/gpu.py, so both benchmarks time the same construction."""
+    torch.manual_seed(0)
+    method = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs)).to(device)
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4,
+                                  fused=device == "cuda")
+    return method, optimizer
+
+
+def method_step(method, optimizer, batch, i: int, device: str, bf16: bool) -> torch.Tensor:
+    """One training step of a vispre method: forward, backward, optimizer step, EMA update."""
+    method.set_step(i, 1000)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = method(batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    method.update_target(0.996)
+    return loss.detach()
 
 
 def timed(step, args) -> tuple[float, float]:
@@ -108,43 +117,50 @@ def timed(step, args) -> tuple[float, float]:
 
 def measure_lightly(args) -> tuple[float, float]:
     """lightly's DINO step on the same timm backbone, heads sizes, crops and optimizer."""
+    from vispre.methods import DINOConfig
+
+    model_kwargs = {"img_size": args.sizes[0], "patch_size": args.patch}
+    step = lightly_dino_step(args.model, model_kwargs, args.prototypes, DINOConfig(), args.device, args.bf16)
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(args.batch, 3, s, s, generator=g).to(args.device)
+             for n, s in zip(args.counts, args.sizes) for _ in range(n)]
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return timed(lambda i: step(views, args.counts[0]), args)
+
+
+def lightly_dino_step(model: str, model_kwargs: dict, prototypes: int, d, device: str, bf16: bool):
+    """lightly's DINO (its head, loss and momentum update) on vispre's timm backbone: a function
+    ``step(views, n_global)`` of float crops, teacher on the first ``n_global``. Shared with bench/gpu.py."""
     from lightly.loss import DINOLoss
     from lightly.models.modules import DINOProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-    from vispre.methods import DINOConfig
-
-    d = DINOConfig()
     def network():
-        backbone = build_encoder(args.model, img_size=args.sizes[0], patch_size=args.patch).timm_model
-        head = DINOProjectionHead(backbone.num_features, d.hidden_dim, d.bottleneck_dim, args.prototypes)
-        return torch.nn.Sequential(backbone, head).to(args.device)
+        backbone = build_encoder(model, **model_kwargs).timm_model
+        head = DINOProjectionHead(backbone.num_features, d.hidden_dim, d.bottleneck_dim, prototypes)
+        return torch.nn.Sequential(backbone, head).to(device)
 
     torch.manual_seed(0)
     student, teacher = network(), network()  # not deepcopy: lightly's head uses the old weight_norm
     teacher.load_state_dict(student.state_dict())
     deactivate_requires_grad(teacher)
-    criterion = DINOLoss(output_dim=args.prototypes, teacher_temp=d.teacher_temp).to(args.device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    views = [torch.randn(args.batch, 3, s, s, generator=g).to(args.device)
-             for n, s in zip(args.counts, args.sizes) for _ in range(n)]
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    criterion = DINOLoss(output_dim=prototypes, teacher_temp=d.teacher_temp).to(device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device == "cuda")
 
-    def step(i):
-        with torch.autocast(args.device, dtype=dtype, enabled=args.bf16):
+    def step(views, n_global: int):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
-                teacher_out = [teacher(v) for v in views[:args.counts[0]]]
+                teacher_out = [teacher(v) for v in views[:n_global]]
             student_out = [student(v) for v in views]
             loss = criterion(teacher_out, student_out)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         update_momentum(student, teacher, m=0.996)
+        return loss.detach()
 
-    return timed(step, args)
+    return step
 
 
 def main():

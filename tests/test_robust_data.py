@@ -200,4 +200,5 @@ def test_pipe_without_permission_is_a_user_error(capsys):
 
     assert main(["shards", "inspect", "pipe:cat /dev/null"]) == 2
     assert capsys.readouterr().err.strip() == ("vispre shards inspect: error: shard URL 'pipe:cat /dev/null' runs a "
-                                               "shell command; set data.allow_pipe=true to allow 'pipe:' URLs")
+                                               "shell command; allow 'pipe:' URLs with data.allow_pipe=true (vispre "
+                                               "pretrain) or --allow-pipe (vispre shards)")

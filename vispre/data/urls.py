@@ -75,8 +75,8 @@ def parse_spec(spec: str | Sequence[str], weights: Sequence[float] | None = None
         urls = expand_source(part)
         for url in urls:
             if scheme(url) == "pipe" and not allow_pipe:
-                raise PermissionError(f"shard URL {url!r} runs a shell command; set data.allow_pipe=true "
-                                      "to allow 'pipe:' URLs")
+                raise PermissionError(f"shard URL {url!r} runs a shell command; allow 'pipe:' URLs with "
+                                      "data.allow_pipe=true (vispre pretrain) or --allow-pipe (vispre shards)")
         weight = 1.0 if weights is None else float(weights[i])
         if not weight > 0:
             raise ValueError(f"data.weights[{i}] must be > 0, got {weight}")

@@ -55,6 +55,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .recipe import PretrainConfig
+from .trackers import checked_trackers, recipe_hparams
 
 log = logging.getLogger("vispre.train")
 
@@ -118,7 +119,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.precision),
-            gradient_accumulation_steps=cfg.train.grad_accum, log_with=list(cfg.train.trackers) or None,
+            gradient_accumulation_steps=cfg.train.grad_accum, log_with=checked_trackers(cfg.train.trackers),
             project_dir=str(self.out),
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10)),
                              DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -331,7 +332,7 @@ class Trainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.yaml").write_text(to_yaml(cfg))
                 self.trim_metrics()
-            acc.init_trackers(cfg.name)
+            acc.init_trackers(cfg.name, config=recipe_hparams(cfg))  # the recipe as every tracker's hparams
             batches = epochs(self.loader)
             jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
             bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")

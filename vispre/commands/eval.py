@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return run_offline_rl(args)  # --encoder optional there: arms may name their own exports
     if recipe_kind(args.recipe) == "suite":
         return run_suite(args)
+    if recipe_kind(args.recipe) in ("zero_shot", "retrieval"):
+        return run_clip_eval(args, recipe_kind(args.recipe))
     kind = recipe_kind(args.recipe)
     if kind != "probe":
         raise SystemExit(f"vispre eval: error: {args.recipe} is a kind: {kind} recipe, which vispre eval does not "
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)  # the random-init draw (and nothing else random happens before this)
     encoder = load_encoder(args.encoder, random_init=args.random_init)
     suffix = "-random-init" if args.random_init else ""
-    out = Path(args.output or cfg.output_dir or Path(args.encoder) / "eval" / f"{cfg.name}{suffix}")
+    out = say_if_replacing(Path(args.output or cfg.output_dir or Path(args.encoder) / "eval" / f"{cfg.name}{suffix}"))
     encoder_info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init,
                     "random_init_seed": cfg.seed if args.random_init else None}
     results = evaluate(cfg, encoder, out, encoder_info=encoder_info, baseline=random_init_results(args, out),
@@ -188,6 +190,39 @@ def run_suite(args: argparse.Namespace) -> int:
     print(f"{name} mean: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["mean"].items()))
     print(f"results: {out / RESULTS_FILE}")
     return 0
+
+
+def run_clip_eval(args: argparse.Namespace, kind: str) -> int:
+    """Zero-shot classification or image-text retrieval with a CLIP export's two towers (open_clip folder)."""
+    from ..utils.typed_config import load_config, preview_yaml
+
+    if kind == "zero_shot":
+        from ..evaluation.zero_shot import ZeroShotRecipe as schema
+        from ..evaluation.zero_shot import zero_shot as evaluate
+    else:
+        from ..evaluation.retrieval import RetrievalRecipe as schema
+        from ..evaluation.retrieval import retrieval as evaluate
+    if args.print_config:
+        print(preview_yaml(schema, args.recipe, args.overrides), end="")
+        return 0
+    if not args.encoder:
+        raise SystemExit("vispre eval: error: --encoder DIR is required (a CLIP run's export)")
+    if args.random_init or args.append_to_card:
+        raise SystemExit(f"vispre eval: error: {kind} recipes take neither --random-init nor --append-to-card")
+    cfg = load_config(schema, args.recipe, args.overrides)
+    out = say_if_replacing(Path(args.output or cfg.output_dir or Path(args.encoder) / "eval" / cfg.name))
+    results = evaluate(cfg, args.encoder, out)
+    print(results["table"])
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def say_if_replacing(out: Path) -> Path:
+    """A second eval with the same recipe name (and encoder) writes the same folder: say so before its
+    results.json is replaced (--output DIR keeps both)."""
+    if (out / "results.json").exists():
+        log.warning("%s already holds results.json from an earlier eval: replacing it (--output DIR keeps both)", out)
+    return out
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -25,7 +25,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-to-card", action="store_true", default=None,
                         help="add the scores and their protocol to the export's scores.json and model card")
     parser.add_argument("--print-config", action="store_true", default=None, help="print the resolved recipe and exit")
-    parser.add_argument("--progress", action="store_true", default=None, help="progress bars during feature extraction")
+    parser.add_argument("--progress", action="store_true", default=None,
+                        help="progress bars even when stderr is no terminal (on a terminal they show unless -q)")
     parser.add_argument("--random-init-results", metavar="JSON", default=None,
                         help="results.json of the same recipe at random init, drawn on the plots (default: "
                              "OUTPUT-random-init/results.json when it exists)")
@@ -67,6 +68,10 @@ def _merge_rest(args: argparse.Namespace) -> argparse.Namespace:
                 setattr(args, key, value)
     for flag in ("random_init", "append_to_card", "print_config", "progress"):
         setattr(args, flag, bool(getattr(args, flag)))
+    if args.progress:  # vispre.utils.progress: bars also into a pipe or a log file
+        import os
+
+        os.environ["VISPRE_PROGRESS"] = "1"
     return args
 
 
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     encoder_info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init,
                     "random_init_seed": cfg.seed if args.random_init else None}
     results = evaluate(cfg, encoder, out, encoder_info=encoder_info, baseline=random_init_results(args, out),
-                       progress=args.progress)
+                       progress=True)
     print(results["table"])
     print(f"results: {out / 'results.json'}" + (f"; plots: {', '.join(results['plots'])}" if results["plots"] else ""))
     if args.append_to_card:
@@ -183,7 +188,7 @@ def run_suite(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.seed)
         encoder = load_encoder(args.encoder, random_init=args.random_init)
         info = {"path": str(Path(args.encoder).resolve()), "random_init": args.random_init}
-        results[member] = evaluate(cfg, encoder, out / member, encoder_info=info, progress=args.progress)
+        results[member] = evaluate(cfg, encoder, out / member, encoder_info=info, progress=True)
         print(results[member]["table"])
     summary = suite_summary(name, results)
     write_json(out / RESULTS_FILE, summary)

@@ -24,13 +24,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..data.inspect import format_report, inspect_spec
     from ..data.skips import FAILED_SHARD
     from ..utils.errors import EXIT_FAILURE
+    from ..utils.progress import progress as progress_bar
 
-    progress = (lambda urls: tqdm(urls, desc="shards", unit="shard", file=sys.stderr)) if not args.json else None
+    progress = (lambda urls: progress_bar(urls, desc="shards", unit="shard")) if not args.json else None
     report = inspect_spec(args.spec, decode=args.decode, allow_pipe=args.allow_pipe,
                           write_sizes=args.write_sizes, progress=progress)
     print(json.dumps(report, indent=1) if args.json else format_report(report))

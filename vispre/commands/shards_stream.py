@@ -39,10 +39,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..data import CropGroup, DataConfig, build_loader
     from ..utils.errors import EXIT_FAILURE
+    from ..utils.progress import progress
 
     config = DataConfig(spec=args.spec, format=args.format, weights=args.weights,
                         resampled=args.samples_per_epoch is not None, samples_per_epoch=args.samples_per_epoch,
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for _ in range(args.epochs):
         total = loader.target_batches()
-        for _ in tqdm(loader, total=total, desc=f"epoch {loader.epoch}", unit="batch", disable=args.json):
+        for _ in progress(loader, total=total, desc=f"epoch {loader.epoch}", unit="batch", disable=args.json):
             pass
     seconds = time.perf_counter() - start
     samples = sum(e["samples"] for e in loader.epochs)

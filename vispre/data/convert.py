@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from vispre.data.shard_writer import read_sizes, shard_name, update_sizes, write_shard
 from vispre.data.sources import Skipped, Source
 from vispre.utils.io import write_json
+from vispre.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def write_shards(source: Source, out_dir: str | os.PathLike, samples_per_shard: 
         write_json(out_dir / name, value)
 
     results: list[ShardResult] = []
-    bar = tqdm(total=len(source), unit="sample", desc=f"{out_dir.name}/{prefix}", disable=not progress)
+    bar = progress_bar(total=len(source), unit="sample", desc=f"{out_dir.name}/{prefix}", disable=not progress)
     bar.update(sum(end - start for i, start, end in plan if shard_name(prefix, i) in done))
     try:
         for result in _run_tasks(tasks, source, out_dir, prefix, workers):

@@ -322,7 +322,7 @@ def generate(spec: DatasetSpec, out_dir: str | Path, chunk_episodes: int = 5, wo
     """Make ``NAME.npz`` / ``NAME-val.npz`` / ``NAME.json`` under ``out_dir`` (reused when complete with the
     same spec); returns the metadata. ``compress``: ``np.savez_compressed`` as OGBench ships its files
     (smaller; vispre then needs a cache_dir to memory-map them), else stored members (memory-mapped as is)."""
-    from tqdm import tqdm
+    from ..utils.progress import progress as progress_bar
 
     import_ogbench()
     out_dir = Path(out_dir)
@@ -344,7 +344,7 @@ def generate(spec: DatasetSpec, out_dir: str | Path, chunk_episodes: int = 5, wo
     started = time.perf_counter()
     total_steps = sum(chunks.ranges[i][1] for i in todo) * spec.episode_steps
     steps_done = 0
-    with tqdm(total=total_steps, desc=spec.name, unit="step", disable=not progress, smoothing=0.05) as bar:
+    with progress_bar(total=total_steps, desc=spec.name, unit="step", disable=not progress, smoothing=0.05) as bar:
         if workers <= 1:
             for i in todo:
                 first, count = chunks.ranges[i]

@@ -42,6 +42,7 @@ from PIL import Image
 from ..data.formats import frame_ext
 from ..data.shard_writer import ShardWriter
 from ..utils.io import atomic_output, write_json
+from ..utils.progress import progress
 from .layouts import LayoutHoldout, distinct_layouts, layout_of
 from .minigrid import get_task
 from .rollouts import Behaviour, Episode, Roller
@@ -131,8 +132,9 @@ def write_split(out: Path, task: str, split: str, count: int, behaviour: Behavio
                          samples_per_shard=clips_per_shard) if "clips" in formats else None
     frames = successes = 0
     layouts = set()
-    for i, episode in enumerate(episodes(task, split, count, behaviour, seed=seed,
-                                         episodes_per_layout=episodes_per_layout, holdout=holdout)):
+    stream = episodes(task, split, count, behaviour, seed=seed, episodes_per_layout=episodes_per_layout,
+                      holdout=holdout)
+    for i, episode in enumerate(progress(stream, total=count, desc=name, unit="episode")):
         layouts.add(episode.layout_seed)
         frames, successes = frames + len(episode), successes + episode.success
         if writer is not None:

@@ -126,15 +126,17 @@ def extract(encoder, source, transform: EvalTransform, *, n_blocks: int = 4, bat
             tokens: bool = False, progress: bool = False) -> Features:
     """Run the frozen encoder over every image of ``source`` (in eval mode); features on the CPU, tokens
     (with ``tokens``) in float16."""
-    from tqdm import tqdm
+    from ..utils.progress import progress as progress_bar
 
     device = torch.device(device)
     encoder = encoder.eval().to(device)
     bf16, dtype = use_bf16(precision, device), DTYPES[store_dtype]
     blocks: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
     patch_means, targets, token_parts = [], [], []
-    for images, batch_targets in tqdm(source.batches(transform, batch_size, workers), disable=not progress,
-                                      desc=f"features {source.describe()}", unit="batch", leave=False):
+    count = source.count() if hasattr(source, "count") else None  # None: shards without sizes.json
+    bar = progress_bar(total=count, desc=f"features {source.describe()}", unit="img", disable=not progress)
+    for images, batch_targets in source.batches(transform, batch_size, workers):
+        bar.update(len(images))
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             x = transform.normalize(images.to(device, non_blocking=True))
             try:
@@ -148,6 +150,7 @@ def extract(encoder, source, transform: EvalTransform, *, n_blocks: int = 4, bat
             if tokens:
                 token_parts.append(rest[0].to("cpu", torch.float16))
         targets.append(batch_targets)
+    bar.close()
     if not targets:
         raise ValueError(f"{source.describe()}: no images")
     # concatenated outside inference mode: ordinary tensors that later code may index, modify and train on

@@ -124,8 +124,10 @@ class GridOptimizer:
 def fit(forward: Callable[[object], torch.Tensor], optimizer: GridOptimizer,
         batches: Iterable[tuple[object, torch.Tensor]], total_steps: int, *, task: str, warmup: int = 0) -> int:
     """Minimise ``head_loss(forward(inputs), targets)`` over ``batches``; returns the steps taken."""
+    from ..utils.progress import progress
+
     step = 0
-    for inputs, targets in batches:
+    for inputs, targets in progress(batches, total=total_steps, desc="probe grid", unit="step"):
         head_loss(forward(inputs), targets, task).backward()
         optimizer.step(schedule_factor(step, total_steps, warmup))
         step += 1

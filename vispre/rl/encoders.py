@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..models import Encoder, EncoderOutput
 from ..models.exportable import ExportedModule
+from ..utils.progress import progress
 
 
 class NatureCNN(nn.Module):
@@ -119,7 +119,7 @@ def precompute_features(encoder: PixelEncoder, frames: np.ndarray, device: torch
     encoder.eval().to(device)
     rows, inverse = unique_rows(frames) if dedup else (np.arange(len(frames)), None)
     out = np.empty((len(rows), encoder.feature_dim), np.float32)
-    for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=None, leave=False):
+    for i in progress(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[rows[i:i + batch_size]])).to(device)
         out[i:i + len(chunk)] = encoder(chunk[:, None]).float().cpu().numpy()
     return out if inverse is None else out[inverse]

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..utils.progress import progress as progress_bar
 from .agent import Agent, to_torch
 from .transitions import Transitions
 
@@ -156,7 +156,7 @@ def rollouts(agent: Agent, make_env: Callable[[], object], episodes: int, device
     running: dict[int, list] = {}  # env index -> [episode, length]
     success, length = np.zeros(episodes, bool), np.zeros(episodes, int)
     next_episode = 0
-    bar = tqdm(total=episodes, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=episodes, desc=desc, unit="episode", disable=not progress)
 
     def reset(indices: list[int]) -> None:
         nonlocal next_episode

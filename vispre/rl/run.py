@@ -18,6 +18,7 @@ import torch
 from ..data.ogbench_npz import read_npz
 from ..utils.device import resolve_device
 from ..utils.io import write_atomic
+from ..utils.progress import progress
 from ..utils.typed_config import ConfigError, to_yaml
 from .agent import to_torch
 from .arms import FrozenFeatures, build_arm
@@ -132,7 +133,7 @@ def train_one(cfg: OfflineRLConfig, arm, seed: int, data, space: ActionSpace, de
     checkpoints = _curve_steps(a.steps, e.curve_points)
     with open(run_dir / "metrics.jsonl", "w", buffering=1) as logf:
         t0 = time.perf_counter()
-        for step in range(1, a.steps + 1):
+        for step in progress(range(1, a.steps + 1), desc=f"{arm.name} seed {seed}", unit="update"):
             rows = data.train.sample(a.batch_size, rng)
             metrics = agent.update(to_torch(agent.make_batch(data.train, rows, rng), device))
             for k, v in metrics.items():

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from ..utils.checks import Checks
 from .decode import DEFAULT_MAX_PIXELS
+from .device_decode import DECODE_DEVICES, check_decode_device
 from .loader import StreamLoader
 from .stream import RankLayout, ShardStream
 from .tar import DEFAULT_MAX_MEMBER_BYTES
@@ -42,6 +45,9 @@ class DataConfig:
     # seconds one whole shard may take to read (a server trickling bytes); then unreadable_shard. 0: no limit
     shard_deadline: float = 1800.0
     prefetch_factor: int = 2
+    # where random views' JPEGs are decoded and cropped: cpu (loader workers) | cuda (the training GPU, batched
+    # torchvision.io.decode_jpeg, for when the CPU cores cannot decode fast enough; vispre.data.device_decode)
+    decode_device: str = "cpu"
 
 
 def check_data_config(cfg: DataConfig, prefix: str = "data") -> Checks:
@@ -52,6 +58,7 @@ def check_data_config(cfg: DataConfig, prefix: str = "data") -> Checks:
     c.at_least("samples_per_epoch", cfg.samples_per_epoch, 1, optional=True)
     c.at_least("shuffle_buffer", cfg.shuffle_buffer, 0)
     c.at_least("prefetch_factor", cfg.prefetch_factor, 1)
+    c.one_of("decode_device", cfg.decode_device, DECODE_DEVICES)
     for i, w in enumerate(cfg.weights or []):
         c.above(f"weights.{i}", w, 0)
     random_views = cfg.eval_size is None and cfg.format != "clip"
@@ -79,12 +86,14 @@ def build_transform(cfg: DataConfig):
         return ClipFrames(cfg.frame_size, cfg.max_pixels)
     if cfg.eval_size:
         return CenterCrop(cfg.eval_size, cfg.crop_pct, cfg.max_pixels)
-    return RandomViews(list(cfg.views), cfg.flip, cfg.max_pixels, cfg.reduce_decode)
+    return RandomViews(list(cfg.views), cfg.flip, cfg.max_pixels, cfg.reduce_decode,
+                       decode=cfg.decode_device == "cpu")  # eval crops and clips: always on the CPU
 
 
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, transform=None) -> StreamLoader:
     """The loader of one rank. ``transform`` overrides the one the config describes."""
     check_data_config(cfg).raise_if_any()
+    check_decode_device(cfg)
     sources = parse_spec(cfg.spec, cfg.weights, allow_pipe=cfg.allow_pipe)
     layout = RankLayout(world_size=world_size, rank=rank, workers=max(cfg.workers, 1))
     decoder = SampleDecoder(cfg.format, transform if transform is not None else build_transform(cfg))
@@ -93,5 +102,6 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, transform=
                          shard_shuffle=cfg.shard_shuffle, seed=cfg.seed, allow_pipe=cfg.allow_pipe,
                          timeout=cfg.http_timeout, deadline=cfg.shard_deadline or None,
                          max_member_bytes=cfg.max_member_bytes)
+    # pinned batches on CUDA: the trainer's non_blocking copies to the GPU are then asynchronous
     return StreamLoader(stream, num_workers=cfg.workers, prefetch_factor=cfg.prefetch_factor,
-                        even_batches=cfg.even_batches)
+                        pin_memory=torch.cuda.is_available(), even_batches=cfg.even_batches)

@@ -49,17 +49,22 @@ class RandomViews:
     """
 
     def __init__(self, groups: list[CropGroup], flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 reduce_decode: bool = True):
+                 reduce_decode: bool = True, decode: bool = True):
+        """``decode=False`` (``data.decode_device: cuda``): boxes and flips only, the encoded image passed on
+        for ``vispre.data.device_decode`` to decode and crop on the GPU."""
         self.groups = [g if isinstance(g, CropGroup) else CropGroup(**g) for g in groups]
         self.flip = flip
         self.max_pixels = max_pixels
         self.reduce_decode = reduce_decode
+        self.decode = decode
 
     def __call__(self, data: bytes, generator: torch.Generator) -> dict:
         width, height = image_size(data)
         check_size(width, height, self.max_pixels)
         boxes = [sample_boxes(g.count, width, height, g.scale, g.ratio, generator, overlap=g.overlap)
                  for g in self.groups]
+        if not self.decode:
+            return self.undecoded(data, boxes, width, height, generator)
         # source pixels per output pixel, for the tightest box: how much smaller we may decode
         allowed = min(float(min((b[:, 2] - b[:, 0]).min() * width, (b[:, 3] - b[:, 1]).min() * height)) / g.size
                       for b, g in zip(boxes, self.groups))
@@ -83,6 +88,21 @@ class RandomViews:
                 i += 1
             views.append(torch.stack(crops).contiguous())
         return {"views": views, "boxes": all_boxes, "flips": flips, "image_size": torch.tensor([width, height])}
+
+    def undecoded(self, data: bytes, boxes: list[torch.Tensor], width: int, height: int,
+                  generator: torch.Generator) -> dict:
+        """The same draws as a decoded sample (boxes, then flips), the boxes on the full-size pixel grid:
+        ``crop_pixels`` [V, 4] (x0, y0, x1, y1) and ``view_groups`` [G, 2] (count, size) for the device."""
+        all_boxes = torch.cat(boxes)
+        n = len(all_boxes)
+        flips = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        scale = torch.tensor([width, height, width, height])
+        pixels = (all_boxes * scale).round().long()
+        pixels[:, 2] = torch.maximum(pixels[:, 2], pixels[:, 0] + 1)
+        pixels[:, 3] = torch.maximum(pixels[:, 3], pixels[:, 1] + 1)
+        return {"jpeg": data, "crop_pixels": pixels, "boxes": pixels / scale, "flips": flips,
+                "view_groups": torch.tensor([[g.count, g.size] for g in self.groups]),
+                "image_size": torch.tensor([width, height])}
 
 
 def center_crop_resize(size: int, crop_pct: float) -> int:

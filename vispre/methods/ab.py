@@ -40,7 +40,7 @@ from ..models import ActionDecoder, AnnotationHead
 from ..utils.diagnostics import accuracy_in_bins, majority_rate
 from ..views.boxes import box_iou, candidate_boxes, relative_action
 from ..views.photometric import Photometric
-from .base import Encoded, Method, SSLMethod, Step, Views, masked, pair_mask, step_generator
+from .base import Encoded, Method, SSLMethod, Step, Views, masked, pair_mask, step_generator, tensor_momentum
 from .registry import METHODS, register
 
 DIVERGENCES, NORMS = ("kl", "bce"), ("future", "total", "none")
@@ -115,7 +115,8 @@ class AB(Method):
         super().set_step(step, total_steps, seed, rank)
         self.base.set_step(step, total_steps, seed, rank)
 
-    def update_target(self, momentum: float) -> None:
+    @tensor_momentum
+    def update_target(self, momentum) -> None:
         self.base.update_target(momentum)
 
     def before_optimizer_step(self) -> None:
@@ -141,7 +142,7 @@ class AB(Method):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         step = self.base.begin(batch["annotation"])
-        loss, metrics = step.views.images[0].new_zeros(()), {}
+        loss, metrics = step.views.images[0].new_zeros((), dtype=torch.float32), {}  # views may be bf16
         if cfg.annotation_weight > 0:
             base_loss, metrics = self.base.base_loss(step)
             loss = loss + cfg.annotation_weight * masked(base_loss, step.views.valid)
@@ -171,7 +172,8 @@ class AB(Method):
             actions = torch.cat([actions, views.photometric[:, None].expand(-1, n, -1, -1)], -1)
         logits = self.q_logits("online", online, actions, self.annotation_embeddings("online", step))  # [B, V, V, L]
         mask = pair_mask(n, n, logits.device)  # i != j
-        loss = self.divergence(logits, y[:, None].expand_as(logits)).mean(0)[mask].mean()
+        per_pair = self.divergence(logits, y[:, None].expand_as(logits)).mean(0)
+        loss = torch.where(mask, per_pair, 0.0).sum() / mask.sum()  # per_pair[mask] would sync the host
         metrics.update(self.value_accuracy(logits, p, boxes, mask))
         metrics["ab/t_ab"] = self.base.online["ab_head"].scale(self.base.online["ab_head"].max_scale).detach()
         return loss, metrics

@@ -23,6 +23,7 @@ import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
 from ..data import DataConfig, build_loader
+from ..data.device_decode import decode_views
 from ..models import Encoder
 from ..models.exportable import ExportedModule
 from ..utils.diagnostics import accuracy_by_iou, majority_rate
@@ -87,6 +88,37 @@ class Step:
     target_text: torch.Tensor | None = None  # CLIP under AB: the target text tower's embeddings, all ranks
 
 
+def tensor_momentum(update_target):
+    """Marks an ``update_target`` that takes a 0-dim device tensor as momentum (see ``ema_update_``): the loop
+    then skips a non-finite step's target update on the device; an unmarked one (a plugin's) gets a float and
+    the loop reads the step's finite flag on the host first."""
+    update_target.tensor_momentum = True
+    return update_target
+
+
+@torch.no_grad()
+def ema_update_(ema: ModelEmaV3, model: nn.Module, momentum: float | torch.Tensor) -> None:
+    """ema <- momentum ema + (1 - momentum) model, over parameters and floating buffers (as timm's ModelEmaV3;
+    integer buffers are copied). A float: timm's own update. A 0-dim tensor (on the device): the same with the
+    weight read by the kernels, never by the host; momentum 1 leaves every value as it was."""
+    if not isinstance(momentum, torch.Tensor):
+        ema.decay = momentum
+        ema.update(model)
+        return
+    weight = 1 - momentum
+    ema_values, model_values = [], []
+    for e, m in zip(ema.module.state_dict().values(), model.state_dict().values()):
+        if e.is_floating_point():
+            ema_values.append(e)
+            model_values.append(m)
+        else:
+            e.copy_(torch.where(weight > 0, m, e))
+    if ema_values:
+        diffs = torch._foreach_sub(model_values, ema_values)
+        torch._foreach_mul_(diffs, weight)
+        torch._foreach_add_(ema_values, diffs)
+
+
 class Method(nn.Module):
     """The interface the training loop and the exporter see; every hook has a default."""
 
@@ -129,8 +161,11 @@ class Method(nn.Module):
         """Called before every step: schedules that live in the method, and the step's RNG."""
         self.step, self.total_steps, self.seed, self.rank = step, total_steps, seed, rank
 
-    def update_target(self, momentum: float) -> None:
-        """EMA/target update after an optimizer step (no-op for methods without a target)."""
+    @tensor_momentum
+    def update_target(self, momentum: float | torch.Tensor) -> None:
+        """EMA/target update after an optimizer step (no-op for methods without a target). ``momentum``: a
+        float, or, from a method whose ``update_target`` is marked ``@tensor_momentum``, a 0-dim tensor on the
+        device (1.0 after a step skipped on the device: nothing moves; the host never reads it)."""
 
     def before_optimizer_step(self) -> None:
         """Hook between backward and the optimizer step (e.g. DINO freezes its last layer early on)."""
@@ -189,9 +224,9 @@ class SSLMethod(Method):
             raise ValueError(f"network must be one of {NETWORKS}, got {which!r}")
         return self.online if which == "online" or not self.ema_target else self.target.module
 
-    def update_target(self, momentum: float) -> None:
-        self.target.decay = momentum
-        self.target.update(self.online)
+    @tensor_momentum
+    def update_target(self, momentum: float | torch.Tensor) -> None:
+        ema_update_(self.target, self.online, momentum)
 
     def export_encoder(self, which: str = "target") -> Encoder:
         return self.net(which)["encoder"]
@@ -202,19 +237,25 @@ class SSLMethod(Method):
         """uint8 crops from the loader -> augmented, normalised views on the device (batched); ``params``:
         with each view's photometric parameters (``Views.photometric``)."""
         device = next(self.parameters()).device
+        if "views" not in batch and "jpeg" in batch:  # data.decode_device=cuda: decoded and cropped here
+            batch = decode_views(batch, device)
         generator = step_generator(device, self.seed, self.step, self.rank, stream)
         preset = augment or self.augment
         groups, described, view = [], [], 0
         for crops in batch["views"]:
-            crops = crops.to(device, non_blocking=True)
+            crops = crops.to(device, non_blocking=True)  # from pinned memory on CUDA: an asynchronous copy
             out = []
             for i in range(crops.shape[1]):
-                images, p = Photometric.preset(preset, view)(crops[:, i], generator, return_params=True)
+                # on the device, whole batches; float32 maths, the views written in the autocast dtype (bf16
+                # under bf16 mixed precision: what the encoder's first layer reads anyway, half the memory)
+                images, p = Photometric.preset(preset, view)(crops[:, i], generator, dtype="autocast",
+                                                             return_params=True)
                 out.append(images)
                 described.append(p)
                 view += 1
             groups.append(torch.stack(out, dim=1))
-        return Views(groups, batch["boxes"].to(device), batch["flips"].to(device), batch["valid"].to(device),
+        return Views(groups, batch["boxes"].to(device, non_blocking=True), batch["flips"].to(device, non_blocking=True),
+                     batch["valid"].to(device, non_blocking=True),
                      torch.stack(described, dim=1) if params else None)
 
     def encode(self, which: str, views: Views, groups=None, tokens: bool = False) -> Encoded:

@@ -43,8 +43,10 @@ def pairwise_cross_entropy(log_q: torch.Tensor, p: torch.Tensor, mask: torch.Ten
 
     log_q: [B, V, L] predictions, p: [B, G, L] targets, mask: [V, G].
     """
-    ce = -torch.einsum("bgl,bvl->bvg", p, log_q)  # [B, V, G]
-    return ce.mean(0)[mask].mean()
+    with torch.autocast(log_q.device.type, enabled=False):  # float32: autocast would round the sum over the
+        ce = -torch.einsum("bgl,bvl->bvg", p.float(), log_q.float())  # prototypes to bf16 (einsum is a bmm)
+    # not ce[mask]: boolean indexing makes the host wait for the GPU (the result's size depends on the data)
+    return torch.where(mask, ce.mean(0), 0.0).sum() / mask.sum()
 
 
 @register("dino", config=DINOConfig)

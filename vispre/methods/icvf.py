@@ -34,7 +34,7 @@ from ..models.icvf import GridFeatures, ValueEnsemble, ValueFunction
 from ..utils.diagnostics import rankme, spearman, srank
 from ..views.photometric import Photometric
 from ..views.shift import random_shift
-from .base import Method, masked, step_generator
+from .base import Method, ema_update_, masked, step_generator, tensor_momentum
 from .registry import register
 
 
@@ -113,7 +113,7 @@ class ICVF(Method):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, H, W] -> normalised float (with the recipe's photometric preset)."""
         generator = step_generator(images.device, self.seed, self.step, self.rank, "photometric")
-        return Photometric.preset(self.augment, 0)(images, generator)
+        return Photometric.preset(self.augment, 0)(images, generator, dtype="autocast")  # bf16 under autocast
 
     # -- loss -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -154,9 +154,9 @@ class ICVF(Method):
         self.target.eval()
         return self
 
-    def update_target(self, momentum: float) -> None:
-        self.target.decay = momentum  # V-bar <- momentum V-bar + (1 - momentum) V
-        self.target.update(self.online)
+    @tensor_momentum
+    def update_target(self, momentum) -> None:
+        ema_update_(self.target, self.online, momentum)  # V-bar <- momentum V-bar + (1 - momentum) V
 
     def export_encoder(self, which: str = "target") -> Encoder:
         return self.net(which)["encoder"]

@@ -123,7 +123,9 @@ class ActionDecoder(nn.Module):
         queries = torch.cat([*tokens_in, self.readout.expand(b, k, 1, -1)], 2)  # [B, K, T, W]
         x = queries.flatten(1, 2)  # packed: [B, K T, W]
         if self.layers is not None:
-            x = self.layers(x, self.context(tokens), tgt_mask=self.self_attention_mask(k, x.device))
+            # tgt_is_causal given: else torch compares the mask with a causal one on the host, every step
+            x = self.layers(x, self.context(tokens), tgt_mask=self.self_attention_mask(k, x.device),
+                            tgt_is_causal=False)
         x = x.view(b, k, self.tokens_per_action, -1)[:, :, -1]  # the readout token of each action
         out = self.out(self.norm(x))
         return out.squeeze(1) if single else out

@@ -16,6 +16,10 @@ What a run survives (issue 14; README "What vispre guarantees"):
   directory that holds a run needs ``resume`` or ``overwrite``.
 * padding batches (finite epochs, uneven shards, several ranks): the gradient is averaged over the
   ranks' real batches, not diluted by the padding ranks' zeros.
+
+On a GPU the host never waits for the device inside a step (README "GPU path"): metrics stay on the device
+until the log (``step_metrics``), a non-finite step is skipped by the fused optimizer and a masked target
+update on the device, and the stop rules are checked at each log and before each checkpoint.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .recipe import PretrainConfig
+from .speed import build_optimizer, compile_encoders, ddp_kwargs, fused_attention, skips_on_device, use_channels_last
+from .step_metrics import MetricWindow, NonFiniteWatch
 from .trackers import checked_trackers, recipe_hparams
 
 log = logging.getLogger("vispre.train")
@@ -122,25 +128,43 @@ class Trainer:
             gradient_accumulation_steps=cfg.train.grad_accum, log_with=checked_trackers(cfg.train.trackers),
             project_dir=str(self.out),
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10)),
-                             DistributedDataParallelKwargs(find_unused_parameters=False)])
+                             DistributedDataParallelKwargs(**ddp_kwargs(cfg.train.ddp))])
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        fused_attention()  # timm's Attention reads the flag when it is built
         encoder = build_encoder(cfg.model.name, **cfg.model.kwargs)
         if cfg.model.init:  # before build_method: the EMA copy starts from these weights too
             init_encoder(encoder, cfg.model.init, cfg.model.init_prefix)
         self.method = build_method(cfg.method, encoder)
+        if use_channels_last(str(cfg.train.channels_last).lower(), encoder, acc.device):
+            self.method.to(memory_format=torch.channels_last)  # 4-d weights NHWC; convolutions follow them
+        if cfg.train.compile:
+            log.info("torch.compile (%s): %s", cfg.train.compile_backend,
+                     ", ".join(compile_encoders(self.method, cfg.train.compile_backend, cfg.train.compile_mode)))
         global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
         if cfg.optim.lr_scaling not in ("linear", "none"):
             raise ValueError(f"optim.lr_scaling must be 'linear' or 'none', got {cfg.optim.lr_scaling!r}")
         self.base_lr = cfg.optim.lr * (global_batch / 256 if cfg.optim.lr_scaling == "linear" else 1.0)
-        optimizer = torch.optim.AdamW(param_groups(self.method), lr=self.base_lr, betas=tuple(cfg.optim.betas),
-                                      eps=cfg.optim.eps)
+        optimizer = build_optimizer(param_groups(self.method), acc.device, str(cfg.train.fused_adamw).lower(),
+                                    lr=self.base_lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.nonfinite_watch = NonFiniteWatch(acc.device, cfg.train.max_nonfinite_skips)
+        # stop / save flags agreed over a CPU (gloo) group: an NCCL all-reduce read on the host would wait
+        # for the GPU every step
+        self.control_group = None
+        if acc.num_processes > 1 and torch.distributed.get_backend() != "gloo":
+            self.control_group = torch.distributed.new_group(backend="gloo")
         # the method builds its batches (ICVF samples (s, s', s+, z) in clips; AB pairs two streams)
         self.loader = self.method.build_loader(cfg.data, acc.process_index, acc.num_processes,
                                                second=cfg.annotation_data)
         self.model, self.optimizer = acc.prepare(self.method, optimizer)
         self.step = 0
         self.probe = None
+
+    @property
+    def skip_on_device(self) -> bool:
+        """Fused AdamW skips a non-finite step on the device (``found_inf``); fp16's GradScaler sets found_inf
+        itself. Read each step: a test or a plugin may swap the optimizer after ``__init__``."""
+        return skips_on_device(self.optimizer.optimizer) and self.accelerator.scaler is None
 
     # -- state --------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -247,53 +271,77 @@ class Trainer:
         return lr
 
     def train_step(self, batches) -> tuple[dict, float]:
+        """One optimizer step: (metrics as detached tensors on the device, seconds spent waiting for data).
+        Nothing here makes the host wait for the device, unless the optimizer cannot skip on the device
+        (``train.fused_adamw=false``, fp16) or the method's target update takes only a float."""
         acc, metrics, wait = self.accelerator, {}, 0.0
-        real, finite, apply = 0, True, True  # real (not padding) batches, finite losses, whether to update
+        method = acc.unwrap_model(self.model)
+        real, bad, ok = 0, None, None  # real (not padding) batches; a loss non-finite (device); usable (device)
         for _ in range(self.cfg.train.grad_accum):
             start = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - start
-            real += not is_padding(batch)
+            real += not is_padding(batch)  # the loader's host tensor: no device sync
             with acc.accumulate(self.model):
                 loss, metrics = self.model(batch)
                 acc.backward(loss)
-                finite = finite and bool(torch.isfinite(loss.detach()))
+                bad_now = ~torch.isfinite(loss.detach())
+                bad = bad_now if bad is None else bad | bad_now
+                apply = True
                 if acc.sync_gradients:
-                    apply = self.usable_gradients(real, finite)
-                    if apply:
-                        acc.unwrap_model(self.model).before_optimizer_step()
-                        if self.cfg.optim.clip_grad > 0:
-                            metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(),
-                                                                       self.cfg.optim.clip_grad)
+                    ok, grad_norm = self.usable_gradients(real, bad)
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm
+                    if self.skip_on_device:
+                        self.optimizer.optimizer.found_inf = (~ok).float()  # 1: the fused kernels skip the update
+                    else:
+                        apply = bool(ok)  # the host waits for the device here
                 if apply:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         o = self.cfg.optim
-        if apply:
-            acc.unwrap_model(self.model).update_target(
-                cosine(self.step, self.cfg.train.steps, o.ema_momentum, o.ema_momentum_end))
+        momentum = cosine(self.step, self.cfg.train.steps, o.ema_momentum, o.ema_momentum_end)
+        if getattr(type(method).update_target, "tensor_momentum", False):
+            method.update_target(ok.double() * (momentum - 1.0) + 1.0)  # 1 on a skipped step: no update
+        elif bool(ok):  # a method whose target update takes a float: the host reads the flag
+            method.update_target(momentum)
         metrics["loss"] = loss.detach()
-        metrics["nonfinite"] = float(not apply)
-        return {k: float(v) for k, v in metrics.items()}, wait
+        metrics["nonfinite"] = (~ok).float()
+        return metrics, wait
 
-    def usable_gradients(self, real: int, finite: bool) -> bool:
-        """At the optimizer step, after DDP averaged the gradients over ranks: False when a loss or gradient
-        is non-finite on any rank (the step is skipped). Else, when some ranks fed padding batches (zero
-        gradient), the average is rescaled to one over the real batches: DDP divides by every rank, which
-        would shrink the step by the padding fraction for most of a finite epoch's tail."""
+    def usable_gradients(self, real: int, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """At the optimizer step, after DDP averaged the gradients over ranks: (a device bool, False when a
+        loss or gradient is non-finite on any rank: the step is skipped; the gradient norm before clipping,
+        when ``optim.clip_grad`` clips). When some ranks fed padding batches (zero gradient), the average is
+        rescaled to one over the real batches: DDP divides by every rank, which would shrink the step by the
+        padding fraction for most of a finite epoch's tail. Then the method's ``before_optimizer_step`` and
+        the clipping. No host sync: every flag stays on the device."""
         acc = self.accelerator
         total = acc.num_processes * self.cfg.train.grad_accum
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if acc.scaler is None and grads:  # fp16: the GradScaler skips inf gradients and lowers its scale itself
-            finite = finite and bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if acc.num_processes > 1:  # every rank must agree, and count the real batches of all
-            flags = torch.tensor([real, int(not finite)], device=acc.device, dtype=torch.float64)
+            flags = torch.stack([torch.full((), float(real), device=acc.device, dtype=torch.float64),
+                                 bad.to(torch.float64)])  # torch.full: no host-to-device copy
             torch.distributed.all_reduce(flags)
-            real, finite = int(flags[0]), not bool(flags[1])
-        if finite and 0 < real < total:
-            for g in grads:
-                g.mul_(total / real)
-        return finite
+            real_all, bad = flags[0], flags[1] > 0
+            scale = torch.where((real_all > 0) & (real_all < total), total / real_all.clamp_min(1), 1.0)
+            if grads:
+                torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        elif 0 < real < total and grads:
+            torch._foreach_mul_(grads, total / real)
+        acc.unwrap_model(self.model).before_optimizer_step()
+        grad_norm = None
+        if self.cfg.optim.clip_grad > 0:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
+        ok = ~bad
+        if acc.scaler is None:  # fp16: the GradScaler skips inf gradients and lowers its scale itself
+            norm = grad_norm
+            if norm is None:
+                kept = [p.grad for p in self.model.parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(kept) if kept else None
+            if norm is not None:  # non-finite iff some gradient is (a finite fp32 gradient's norm is finite)
+                ok = ok & torch.isfinite(norm)
+        return ok, grad_norm
 
     # -- diagnostics --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -336,21 +384,21 @@ class Trainer:
             batches = epochs(self.loader)
             jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
             bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")
-            last_save, window, window_wait, window_start = time.time(), {}, 0.0, time.perf_counter()
+            last_save, window, window_wait, window_start = time.time(), MetricWindow(), 0.0, time.perf_counter()
             self.model.train()
             while self.step < cfg.train.steps:
                 lr = self.schedules()
                 metrics, wait = self.train_step(batches)
                 self.step += 1
                 bar.update(1)
-                self.check_nonfinite(metrics)
-                for k, v in metrics.items():
-                    window.setdefault(k, []).append(v)
+                window.add(metrics)  # on the device: read at the log, one host sync per window
+                self.nonfinite_watch.update(self.step, metrics["nonfinite"] > 0, metrics["loss"])
                 window_wait += wait
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     seconds = time.perf_counter() - window_start
-                    n = len(window["loss"])
-                    row = {k: sum(v) / len(v) for k, v in window.items()}
+                    n = window.steps
+                    row, watched = window.reduce(self.nonfinite_watch.state)
+                    self.check_nonfinite(self.nonfinite_watch.read(watched))
                     row.update(step=self.step, lr=lr, epoch=self.loader.epoch,
                                samples_per_s=n * cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
                                / seconds, data_wait=window_wait / seconds)
@@ -358,15 +406,18 @@ class Trainer:
                             and acc.is_main_process:
                         row.update(self.diagnostics())
                     self.log(row, jsonl, bar)
-                    window, window_wait, window_start = {}, 0.0, time.perf_counter()
+                    window, window_wait, window_start = MetricWindow(), 0.0, time.perf_counter()
                 due, stop = self.should_save(last_save, signals.received is not None)
                 if due or stop:
+                    if window.steps:  # steps since the log: their stop rules first (a small host sync)
+                        self.check_nonfinite(self.nonfinite_watch.read(self.nonfinite_watch.state.tolist()))
                     path = self.save()
                     last_save = time.time()
                 if stop:
                     name = signals.name or "a stop signal on another rank"
                     log.warning("%s: stopped at step %d, checkpoint %s", name, self.step, path)
                     raise Preempted(name, self.step, path)
+            self.check_nonfinite(self.nonfinite_watch.read(self.nonfinite_watch.state.tolist()))
             self.save()
             finished = True
         finally:
@@ -404,33 +455,35 @@ class Trainer:
                      len(lines) - len(kept), self.step)
             write_atomic(path, "".join(line + "\n" for line in kept))
 
-    def check_nonfinite(self, metrics: dict) -> None:
-        """After a step: a skipped non-finite step counts; ``train.nonfinite=stop`` or too many in a row stop."""
+    def check_nonfinite(self, seen: dict) -> None:
+        """At a log or before a checkpoint, with ``NonFiniteWatch.read``: ``train.nonfinite=stop`` after a
+        skipped non-finite step, or more than ``train.max_nonfinite_skips`` in a row, stop the run (the
+        skipped steps changed nothing, so the model is the last finite state)."""
         t = self.cfg.train
-        if not metrics.get("nonfinite"):
-            self.nonfinite_in_row = 0
+        if not seen["first"]:
             return
-        self.nonfinite_in_row += 1
-        what = f"step {self.step}: non-finite loss or gradients (loss {metrics.get('loss')})"
+        what = f"step {seen['first']}: non-finite loss or gradients (loss {seen['first_loss']})"
         if t.nonfinite == "stop":
             raise NonFiniteLoss(f"{what}; train.nonfinite=stop: the last checkpoint is the newest finite state")
-        if self.nonfinite_in_row > t.max_nonfinite_skips:
-            raise NonFiniteLoss(f"{what}: {self.nonfinite_in_row} in a row, more than train.max_nonfinite_skips="
+        if seen["over"]:
+            raise NonFiniteLoss(f"step {seen['over']}: non-finite loss or gradients (loss {seen['over_loss']}): "
+                                f"{t.max_nonfinite_skips + 1} in a row, more than train.max_nonfinite_skips="
                                 f"{t.max_nonfinite_skips}; the last checkpoint is the newest finite state (lower "
                                 "optim.lr, raise optim.clip_grad or check the data, then --resume)")
-        log.warning("%s: skipped (no optimizer or target update; %d in a row)", what, self.nonfinite_in_row)
+        log.warning("%s and after: skipped (no optimizer or target update; %d in a row at step %d)", what,
+                    seen["in_row"], self.step)
 
     def should_save(self, last_save: float, stop: bool = False) -> tuple[bool, bool]:
         """(save now, stop now), the same on every rank: every N steps or M minutes by rank 0's clock; stop when
-        any rank received a stop signal. One small all-reduce per step."""
+        any rank received a stop signal. One small all-reduce per step, on the CPU (gloo): it does not wait for
+        the GPU."""
         t = self.cfg.train
         due = (self.step % t.checkpoint_every_steps == 0 and self.step < t.steps
                or time.time() - last_save > 60 * t.checkpoint_every_minutes)
         if self.accelerator.num_processes == 1:
             return due, stop
-        flags = torch.tensor([int(due) if self.accelerator.is_main_process else 0, int(stop)],
-                             device=self.accelerator.device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        flags = torch.tensor([int(due) if self.accelerator.is_main_process else 0, int(stop)])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.control_group)
         return bool(flags[0]), bool(flags[1])
 
     def log(self, row: dict, jsonl, bar) -> None:

@@ -44,6 +44,16 @@ class OptimConfig:
 
 
 @dataclass
+class DDPConfig:
+    """torch DistributedDataParallel options (through accelerate's DistributedDataParallelKwargs)."""
+
+    find_unused_parameters: bool = False  # every method uses all its trainable parameters in each step
+    # true: DDP records the graph once and can reorder / skip work (only if every step uses the same parameters)
+    static_graph: bool = False
+    gradient_as_bucket_view: bool = True  # gradients live in DDP's buckets: one copy less, less memory
+
+
+@dataclass
 class TrainConfig:
     steps: int = 100_000  # optimizer steps
     grad_accum: int = 1
@@ -61,6 +71,17 @@ class TrainConfig:
     # a NaN / inf loss or gradient: skip that step (no optimizer or target update) or stop (exit 3). Ours
     nonfinite: str = "skip"  # skip | stop
     max_nonfinite_skips: int = 10  # more skips than this in a row stop the run (a diverged model, bad data)
+    # -- the GPU path (README "GPU path"; vispre.pretrain.speed). Step metrics stay on the device between logs:
+    # non-finite steps are skipped on the device and the stop rules above are checked at each log and before
+    # each checkpoint, so log_every is also how often the host waits for the GPU
+    compile: bool = False  # torch.compile the online and target encoders (one graph per crop size)
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for tests)
+    compile_mode: Optional[str] = None  # torch.compile mode: None (default) | reduce-overhead | max-autotune
+    # auto: fused AdamW where torch has the kernels for the device (CUDA, CPU); it also skips a non-finite
+    # step on the device. false: torch's default (foreach); the host then reads each step's finite flag
+    fused_adamw: str = "auto"  # auto | true | false
+    channels_last: str = "auto"  # auto: NHWC weights for CNN encoders on CUDA (not ViTs) | true | false
+    ddp: DDPConfig = field(default_factory=DDPConfig)  # DDP options (several processes)
 
 
 @dataclass
@@ -107,6 +128,8 @@ def check_recipe(cfg: PretrainConfig) -> Checks:
     t.above("checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, 0)
     t.one_of("precision", cfg.train.precision, ("auto", "no", "bf16", "fp16"))
     t.one_of("nonfinite", cfg.train.nonfinite, ("skip", "stop"))
+    for name in ("fused_adamw", "channels_last"):  # YAML reads true / false as booleans: compare as text
+        t.one_of(name, str(getattr(cfg.train, name)).lower(), ("auto", "true", "false"))
     o = Checks("optim")
     o.at_least("lr", cfg.optim.lr, 0)
     o.at_least("min_lr", cfg.optim.min_lr, 0)

@@ -31,27 +31,33 @@ def bin_label(lo: float, hi: float) -> str:
 def accuracy_by_iou(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, edges: list[float],
                     prefix: str) -> dict:
     """Accuracy of ``correct`` pairs in IoU bins: exactly 0 (non-overlapping crops), then
-    (edges[i], edges[i+1]]. Bins with no pair are left out of the result."""
+    (edges[i], edges[i+1]]. A bin with no pair is NaN (0 / 0): no host sync to test it here; the training
+    log averages each metric over the steps where it is finite and leaves out one that never was."""
     out = {}
     bins = [(0.0, 0.0)] + list(zip(edges[:-1], edges[1:]))
     for lo, hi in bins:
         in_bin = mask & ((iou == 0) if hi == 0 else (iou > lo) & (iou <= hi))
-        if in_bin.any():
-            out[f"{prefix}/{bin_label(lo, hi)}"] = correct[in_bin].float().mean()
-    out[f"{prefix}/all"] = correct[mask].float().mean()
+        out[f"{prefix}/{bin_label(lo, hi)}"] = masked_mean(correct, in_bin)
+    out[f"{prefix}/all"] = masked_mean(correct, mask)
     return out
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask``; NaN when the mask is empty. Boolean indexing would make the host
+    wait for the device (the output's size depends on the data); this does not."""
+    mask = mask.expand_as(values)
+    return (values.float() * mask).sum() / mask.sum()
 
 
 def accuracy_in_bins(correct: torch.Tensor, iou: torch.Tensor, mask: torch.Tensor, bins: list, prefix: str) -> dict:
     """Accuracy of ``correct`` pairs in the IoU ``bins`` [[lo, hi], ...]: [0, 0] is IoU exactly 0, any other
     bin lo < IoU <= hi (the AB paper's bins: 0, (0.01, 0.2], [0.2, 0.5], [0.5, 0.8]); ``all``: every pair.
-    Bins with no pair are left out of the result."""
+    A bin with no pair is NaN (see ``accuracy_by_iou``)."""
     out = {}
     for lo, hi in bins:
         in_bin = mask & ((iou == 0) if hi == 0 else (iou > lo) & (iou <= hi))
-        if in_bin.any():
-            out[f"{prefix}/{'iou=0' if hi == 0 else f'iou{lo:g}-{hi:g}'}"] = correct[in_bin].float().mean()
-    out[f"{prefix}/all"] = correct[mask].float().mean()
+        out[f"{prefix}/{'iou=0' if hi == 0 else f'iou{lo:g}-{hi:g}'}"] = masked_mean(correct, in_bin)
+    out[f"{prefix}/all"] = masked_mean(correct, mask)
     return out
 
 

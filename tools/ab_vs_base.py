@@ -81,7 +81,7 @@ def evaluate(export: Path, out: Path, data: Path, logs: Path, probe_sets: list[s
             continue
         cmd = [str(VENV_BIN / "vispre"), "eval", f"eval/{name}.yaml", "--encoder", str(export), "--output", str(dest),
                f"train.path={data / train}", f"test.path={data / test}"]
-        run(cmd + (["--random-init"] if random_init else []), logs / f"{dest.name}.eval.log")
+        run(cmd + (["--random-init"] if random_init else []), logs / f"{export.name}.{dest.name}.eval.log")
 
 
 def one_arm(arm: str, seed: int, args) -> None:

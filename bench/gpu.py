@@ -46,6 +46,7 @@ from step import build_row, lightly_dino_step, method_step  # noqa: E402
 
 from vispre.data import CropGroup, build_loader  # noqa: E402
 from vispre.pretrain.recipe import load_recipe  # noqa: E402
+from vispre.pretrain.speed import compile_encoders  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 RECIPES = {"dino": "cc12m/dino.yaml", "ab_dino": "cc12m/ab_dino.yaml", "simclr": "cc12m/simclr.yaml",
@@ -88,7 +89,7 @@ def vispre_row(name: str, model: str, args, data: dict):
 
     def step(batch, i):
         return method_step(method, optimizer, batch, i, args.device, args.bf16)
-    return step, loader
+    return step, loader, lambda: compile_encoders(method, args.compile_backend)  # as train.compile does
 
 
 def normalise(views: torch.Tensor, device: str) -> torch.Tensor:
@@ -117,7 +118,7 @@ def supervised_row(model: str, args, data: dict):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
-    return step, loader
+    return step, loader, lambda: net.compile(backend=args.compile_backend, dynamic=False)
 
 
 def lightly_row(model: str, args, data: dict):
@@ -132,7 +133,7 @@ def lightly_row(model: str, args, data: dict):
     def step(batch, i):
         crops = [normalise(group[:, j], args.device) for group in batch["views"] for j in range(group.shape[1])]
         return dino_step(crops, n_global)
-    return step, loader
+    return step, loader, None  # lightly's modules are inside its step function: not compiled
 
 
 def build(name: str, model: str, args, data: dict):
@@ -149,11 +150,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(step, loader, args) -> dict:
-    """FLOPs on the first step (also a warm-up step), more warm-up, then steps until ``--seconds-per-row``
-    (at least ``--min-steps``, at most ``--max-steps``); the time blocked in next(loader) is data-wait."""
+def measure(step, loader, compile_row, args) -> dict:
+    """FLOPs on the first step (eager; also a warm-up step), ``--compile`` then, more warm-up (compiling), then
+    steps until ``--seconds-per-row`` (at least ``--min-steps``, at most ``--max-steps``); the time blocked in
+    next(loader) is data-wait."""
     batches = iter(loader)
     _, flops = count_flops(step, next(batches), 0)
+    if args.compile and compile_row is not None:
+        compile_row()
     for i in range(1, args.warmup):
         step(next(batches), i)
     sync(args.device)
@@ -181,14 +185,15 @@ def run_row(name: str, model: str, args, data: dict, peak: float | None) -> dict
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step, loader = build(name, model, args, data)
-    row = {"model": model, "row": name, "batch": args.batch, **measure(step, loader, args)}
+    step, loader, compile_row = build(name, model, args, data)
+    row = {"model": model, "row": name, "batch": args.batch, "compiled": bool(args.compile and compile_row),
+           **measure(step, loader, compile_row, args)}
     row["peak_memory_mb"] = peak_memory_mb(args.device)
     achieved = row["flops_per_step"] * row["steps"] / row["seconds"]
     row["achieved_tflops"] = achieved / 1e12
     row["mfu"] = achieved / (peak * 1e12) if peak else None
     row["images_per_s_at_peak"] = peak * 1e12 / row["flops_per_image"] if peak else None
-    del step, loader
+    del step, loader, compile_row
     return row
 
 
@@ -234,6 +239,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, help="JPEGs written to the temporary shards (default 512; --tiny 64)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (as train.compile) "
+                        "after the FLOP count; raise --warmup to cover the compilation")
+    parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--json", metavar="OUT", help="write the figures here")
     args = parser.parse_args(argv)
     tiny = args.tiny

@@ -58,9 +58,10 @@ from .checkpoint import (
     nonfinite_tensors,
     save_checkpoint,
 )
+from .gradients import usable_gradients
 from .recipe import PretrainConfig
 from .speed import build_optimizer, compile_encoders, ddp_kwargs, fused_attention, skips_on_device, use_channels_last
-from .step_metrics import MetricWindow, NonFiniteWatch
+from .step_metrics import MetricWindow, NonFiniteLoss, NonFiniteWatch, check_nonfinite  # noqa: F401
 from .trackers import checked_trackers, recipe_hparams
 
 log = logging.getLogger("vispre.train")
@@ -72,10 +73,6 @@ class Preempted(Exception):
     def __init__(self, signal_name: str, step: int, path: Path):
         super().__init__(f"{signal_name}: stopped at step {step} after writing {path}; continue with --resume")
         self.signal_name, self.step, self.path = signal_name, step, path
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or the gradients were NaN or inf (train.nonfinite=stop, or too many skips in a row)."""
 
 
 class OutputDirInUse(UserError):
@@ -289,7 +286,8 @@ class Trainer:
                 bad = bad_now if bad is None else bad | bad_now
                 apply = True
                 if acc.sync_gradients:
-                    ok, grad_norm = self.usable_gradients(real, bad)
+                    ok, grad_norm = usable_gradients(acc, self.model, real, bad, self.cfg.train.grad_accum,
+                                                     self.cfg.optim.clip_grad)
                     if grad_norm is not None:
                         metrics["grad_norm"] = grad_norm
                     if self.skip_on_device:
@@ -308,40 +306,6 @@ class Trainer:
         metrics["loss"] = loss.detach()
         metrics["nonfinite"] = (~ok).float()
         return metrics, wait
-
-    def usable_gradients(self, real: int, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """At the optimizer step, after DDP averaged the gradients over ranks: (a device bool, False when a
-        loss or gradient is non-finite on any rank: the step is skipped; the gradient norm before clipping,
-        when ``optim.clip_grad`` clips). When some ranks fed padding batches (zero gradient), the average is
-        rescaled to one over the real batches: DDP divides by every rank, which would shrink the step by the
-        padding fraction for most of a finite epoch's tail. Then the method's ``before_optimizer_step`` and
-        the clipping. No host sync: every flag stays on the device."""
-        acc = self.accelerator
-        total = acc.num_processes * self.cfg.train.grad_accum
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if acc.num_processes > 1:  # every rank must agree, and count the real batches of all
-            flags = torch.stack([torch.full((), float(real), device=acc.device, dtype=torch.float64),
-                                 bad.to(torch.float64)])  # torch.full: no host-to-device copy
-            torch.distributed.all_reduce(flags)
-            real_all, bad = flags[0], flags[1] > 0
-            scale = torch.where((real_all > 0) & (real_all < total), total / real_all.clamp_min(1), 1.0)
-            if grads:
-                torch._foreach_mul_(grads, scale.to(grads[0].dtype))
-        elif 0 < real < total and grads:
-            torch._foreach_mul_(grads, total / real)
-        acc.unwrap_model(self.model).before_optimizer_step()
-        grad_norm = None
-        if self.cfg.optim.clip_grad > 0:
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
-        ok = ~bad
-        if acc.scaler is None:  # fp16: the GradScaler skips inf gradients and lowers its scale itself
-            norm = grad_norm
-            if norm is None:
-                kept = [p.grad for p in self.model.parameters() if p.grad is not None]
-                norm = torch.nn.utils.get_total_norm(kept) if kept else None
-            if norm is not None:  # non-finite iff some gradient is (a finite fp32 gradient's norm is finite)
-                ok = ok & torch.isfinite(norm)
-        return ok, grad_norm
 
     # -- diagnostics --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -398,7 +362,7 @@ class Trainer:
                     seconds = time.perf_counter() - window_start
                     n = window.steps
                     row, watched = window.reduce(self.nonfinite_watch.state)
-                    self.check_nonfinite(self.nonfinite_watch.read(watched))
+                    check_nonfinite(self.nonfinite_watch.read(watched), cfg.train, self.step)
                     row.update(step=self.step, lr=lr, epoch=self.loader.epoch,
                                samples_per_s=n * cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
                                / seconds, data_wait=window_wait / seconds)
@@ -410,14 +374,16 @@ class Trainer:
                 due, stop = self.should_save(last_save, signals.received is not None)
                 if due or stop:
                     if window.steps:  # steps since the log: their stop rules first (a small host sync)
-                        self.check_nonfinite(self.nonfinite_watch.read(self.nonfinite_watch.state.tolist()))
+                        watched = self.nonfinite_watch.state.tolist()
+                        check_nonfinite(self.nonfinite_watch.read(watched), cfg.train, self.step)
                     path = self.save()
                     last_save = time.time()
                 if stop:
                     name = signals.name or "a stop signal on another rank"
                     log.warning("%s: stopped at step %d, checkpoint %s", name, self.step, path)
                     raise Preempted(name, self.step, path)
-            self.check_nonfinite(self.nonfinite_watch.read(self.nonfinite_watch.state.tolist()))
+            check_nonfinite(self.nonfinite_watch.read(self.nonfinite_watch.state.tolist()), cfg.train,
+                            self.step)
             self.save()
             finished = True
         finally:
@@ -454,24 +420,6 @@ class Trainer:
             log.info("metrics.jsonl: dropping %d rows after step %d (logged after the checkpoint resumed from)",
                      len(lines) - len(kept), self.step)
             write_atomic(path, "".join(line + "\n" for line in kept))
-
-    def check_nonfinite(self, seen: dict) -> None:
-        """At a log or before a checkpoint, with ``NonFiniteWatch.read``: ``train.nonfinite=stop`` after a
-        skipped non-finite step, or more than ``train.max_nonfinite_skips`` in a row, stop the run (the
-        skipped steps changed nothing, so the model is the last finite state)."""
-        t = self.cfg.train
-        if not seen["first"]:
-            return
-        what = f"step {seen['first']}: non-finite loss or gradients (loss {seen['first_loss']})"
-        if t.nonfinite == "stop":
-            raise NonFiniteLoss(f"{what}; train.nonfinite=stop: the last checkpoint is the newest finite state")
-        if seen["over"]:
-            raise NonFiniteLoss(f"step {seen['over']}: non-finite loss or gradients (loss {seen['over_loss']}): "
-                                f"{t.max_nonfinite_skips + 1} in a row, more than train.max_nonfinite_skips="
-                                f"{t.max_nonfinite_skips}; the last checkpoint is the newest finite state (lower "
-                                "optim.lr, raise optim.clip_grad or check the data, then --resume)")
-        log.warning("%s and after: skipped (no optimizer or target update; %d in a row at step %d)", what,
-                    seen["in_row"], self.step)
 
     def should_save(self, last_save: float, stop: bool = False) -> tuple[bool, bool]:
         """(save now, stop now), the same on every rank: every N steps or M minutes by rank 0's clock; stop when

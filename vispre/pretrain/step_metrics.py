@@ -11,14 +11,22 @@ with no pair in that batch is NaN: 0 / 0), and left out of the row when it was n
 
 ``NonFiniteWatch`` follows skipped (non-finite) steps on the device too: how many in a row, the first skipped
 step of the window and the first step where the run grew past ``train.max_nonfinite_skips``; the loop reads it
-at each log and before each checkpoint (``vispre.pretrain.loop.Trainer.check_nonfinite``).
+at each log and before each checkpoint (``check_nonfinite``).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+log = logging.getLogger("vispre.train")
+
 PLAIN_MEAN = ("loss", "nonfinite")  # averaged as they are, NaN included
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradients were NaN or inf (train.nonfinite=stop, or too many skips in a row)."""
 
 
 class MetricWindow:
@@ -43,7 +51,8 @@ class MetricWindow:
         if not values:
             return
         key = tuple(names)
-        vec = torch.stack(values)  # one small kernel per step and name set, not one per metric
+        device = values[0].device  # a method may return a CPU scalar beside device ones: moved, not read
+        vec = torch.stack([v.to(device, non_blocking=True) for v in values])  # one kernel per step, not per metric
         if key not in self.groups:
             self.groups[key] = [torch.zeros_like(vec), torch.zeros_like(vec)]
             self.plain[key] = torch.tensor([k in PLAIN_MEAN for k in key], device=vec.device)
@@ -109,3 +118,21 @@ class NonFiniteWatch:
         self.values[1:] = 0
         return {"in_row": int(run), "first": int(first), "first_loss": first_loss, "over": int(over),
                 "over_loss": over_loss}
+
+
+def check_nonfinite(seen: dict, train, step: int) -> None:
+    """At a log or before a checkpoint, with ``NonFiniteWatch.read``: ``train.nonfinite=stop`` after a skipped
+    non-finite step, or more than ``train.max_nonfinite_skips`` in a row, stop the run (the skipped steps
+    changed nothing, so the model is the last finite state); else a warning. ``step``: the trainer's now."""
+    if not seen["first"]:
+        return
+    what = f"step {seen['first']}: non-finite loss or gradients (loss {seen['first_loss']})"
+    if train.nonfinite == "stop":
+        raise NonFiniteLoss(f"{what}; train.nonfinite=stop: the last checkpoint is the newest finite state")
+    if seen["over"]:
+        raise NonFiniteLoss(f"step {seen['over']}: non-finite loss or gradients (loss {seen['over_loss']}): "
+                            f"{train.max_nonfinite_skips + 1} in a row, more than train.max_nonfinite_skips="
+                            f"{train.max_nonfinite_skips}; the last checkpoint is the newest finite state (lower "
+                            "optim.lr, raise optim.clip_grad or check the data, then --resume)")
+    log.warning("%s and after: skipped (no optimizer or target update; %d in a row at step %d)", what,
+                seen["in_row"], step)

@@ -140,3 +140,17 @@ def test_a_non_clip_export_is_one_clear_error(tmp_path, capsys):
     out = export(trained_checkpoint(tmp_path / "run")[0], tmp_path / "encoder")
     assert main(["eval", "zero_shot_cifar10", "--encoder", str(out), "data.path=/nowhere"]) == 2
     assert "no open_clip_config.json" in capsys.readouterr().err
+
+
+def test_the_imagenet_recipe_takes_open_clips_names_and_clips_80_templates(capsys):
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    from vispre.evaluation.zero_shot import ZeroShotRecipe, check_recipe, classnames_of, fill, templates_of
+    from vispre.utils.recipe_files import resolve_recipe
+    from vispre.utils.typed_config import load_config
+
+    cfg = load_config(ZeroShotRecipe, resolve_recipe("zero_shot_imagenet", "eval"), ["data.path=/unused"])
+    check_recipe(cfg)
+    names, templates = classnames_of(cfg, None), templates_of(cfg)
+    assert len(names) == 1000 and names[:2] == list(IMAGENET_CLASSNAMES[:2]) and len(templates) == 80
+    assert fill(templates[0], "dog") == "a bad photo of a dog." and fill("a {name} here", "cat") == "a cat here"

@@ -27,8 +27,10 @@ from .probe_recipe import ProbeSetConfig
 
 log = logging.getLogger("vispre.evaluation")
 
-# CLIP's single default prompt; recipes list the ensembles (CLIP's 80 ImageNet templates, its CIFAR ones)
+# CLIP's single default prompt; recipes list the ensembles (CLIP's CIFAR ones), or name open_clip's ImageNet
+# metadata: classnames_file: open_clip:imagenet (its 1000 names), templates: [open_clip:imagenet] (CLIP's 80)
 DEFAULT_TEMPLATES = ["a photo of a {}."]
+OPEN_CLIP_IMAGENET = "open_clip:imagenet"
 
 
 @dataclass
@@ -39,8 +41,9 @@ class ZeroShotRecipe:
     # class names in label order; empty: the data's own (class folder names, a HF ClassLabel, the shards'
     # classes.json), or classnames_file
     classnames: list[str] = field(default_factory=list)
-    classnames_file: Optional[str] = None  # one name per line, in label order (or a JSON list)
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))  # "{}" (or "{name}"): the name
+    classnames_file: Optional[str] = None  # one name per line, in label order (or a JSON list); open_clip:imagenet
+    # "{}" (or "{name}") is where the name goes; [open_clip:imagenet]: CLIP's 80 ImageNet templates
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     topk: list[int] = field(default_factory=lambda: [1, 5])
     batch_size: int = 64
     workers: int = 2
@@ -97,8 +100,17 @@ def encode_images(model, transform, batches, device, total: int | None = None, d
 
 
 # -- the metric ----------------------------------------------------------------------------------------------
-def fill(template: str, name: str) -> str:
-    return template.format(name, name=name)
+def fill(template, name: str) -> str:
+    """A template string (``{}`` or ``{name}``), or one of open_clip's template functions."""
+    return template(name) if callable(template) else template.format(name, name=name)
+
+
+def templates_of(cfg: ZeroShotRecipe) -> list:
+    if list(cfg.templates) == [OPEN_CLIP_IMAGENET]:
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    return list(cfg.templates)
 
 
 def class_embeddings(encode, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -122,6 +134,10 @@ def classnames_of(cfg: ZeroShotRecipe, source) -> list[str]:
     """The recipe's names, else its file's, else the data's own, else classes.json beside the shards."""
     if cfg.classnames:
         return [str(n) for n in cfg.classnames]
+    if cfg.classnames_file == OPEN_CLIP_IMAGENET:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
     if cfg.classnames_file:
         path = Path(cfg.classnames_file)
         if not path.is_file():
@@ -144,7 +160,7 @@ def check_recipe(cfg: ZeroShotRecipe) -> None:
     from ..utils.checks import Checks
 
     c = Checks()
-    if not cfg.templates or any("{" not in t for t in cfg.templates):
+    if not cfg.templates or (list(cfg.templates) != [OPEN_CLIP_IMAGENET] and any("{" not in t for t in cfg.templates)):
         c.fail("templates", "every template needs {} (or {name}) where the class name goes")
     for k in cfg.topk:
         c.at_least("topk", k, 1)
@@ -163,7 +179,8 @@ def zero_shot(cfg: ZeroShotRecipe, export: str | Path, out_dir: str | Path) -> d
     model, tokenizer, transform = load_clip_export(export, device)
     source = build_probe_set(cfg.data, "single", None, cfg.seed)
     names = classnames_of(cfg, source)
-    classifier = class_embeddings(lambda texts: encode_texts(model, tokenizer, texts, device), names, cfg.templates)
+    templates = templates_of(cfg)
+    classifier = class_embeddings(lambda texts: encode_texts(model, tokenizer, texts, device), names, templates)
     total = source.count() if hasattr(source, "count") else None
     images, targets = encode_images(model, transform, source.batches(transform, cfg.batch_size, cfg.workers),
                                     device, total, desc="zero-shot images")
@@ -175,10 +192,10 @@ def zero_shot(cfg: ZeroShotRecipe, export: str | Path, out_dir: str | Path) -> d
                "chance": {"top1": 100.0 * counts.max().item() / counts.sum().item()},
                "protocol": {"task": "zero_shot", "encoder": {"path": str(Path(export).resolve()), "random_init": False},
                             "data": source.identity() if hasattr(source, "identity") else {}, "samples": len(targets),
-                            "classes": len(names), "classnames": names, "templates": list(cfg.templates),
+                            "classes": len(names), "classnames": names, "templates": [fill(t, "{}") for t in templates],
                             "transform": transform.describe(), "loader": "open_clip local-dir"}}
     results["table"] = format_scores(cfg.name, scores, f"{len(targets)} images, {len(names)} classes, "
-                                     f"{len(cfg.templates)} templates")
+                                     f"{len(templates)} templates")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RESULTS_FILE, results)

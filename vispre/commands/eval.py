@@ -39,7 +39,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Evaluate the encoder exported in DIR ('vispre export') with an evaluation recipe (eval/*.yaml): "
                     "DINOv2's grid of linear heads trained in one pass over cached frozen features, MAP and decoder "
                     "probes on the tokens (map.enabled=true, decoder.enabled=true), DINO's kNN, few-shot logistic "
-                    "regression. key=value arguments override recipe fields, e.g. "
+                    "regression; for a CLIP export, zero-shot classification and image-text retrieval "
+                    "(eval/zero_shot_*.yaml, eval/retrieval_coco.yaml). key=value arguments override recipe "
+                    "fields, e.g. "
                     "'linear.epochs=5 features.batch_size=64 test.limit=500'. "
                     "'vispre eval compare A/results.json B/results.json --output DIR' writes one table "
                     "(Markdown + CSV) and one chart across encoders.")

@@ -100,3 +100,19 @@ def test_tiny_ratio_columns_are_consistent(tiny):
     for ab, x in [("ab_dino", "dino"), ("ab_simclr", "simclr")]:
         assert rows[ab]["ab_over_base"] == pytest.approx(rows[x]["images_per_s"] / rows[ab]["images_per_s"], rel=1e-9)
     assert rows["dino"]["ab_over_base"] is None and rows["supervised"]["ab_over_base"] is None
+
+
+@pytest.mark.slow
+def test_lightly_row_does_dinos_work(tmp_path):
+    """lightly's DINO (only where lightly is installed) on the same backbone, head sizes and crops as vispre's
+    DINO row: the same FLOPs per image within 1% (vispre's step adds a few small matmuls of its own)."""
+    pytest.importorskip("lightly")
+    out = tmp_path / "lightly.json"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--rows", "dino", "lightly_dino",
+                    "--json", str(out)], check=True, capture_output=True, timeout=300, env=env)
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["lightly_dino"]["flops_per_image"] == pytest.approx(rows["dino"]["flops_per_image"], rel=0.01)
+    assert rows["lightly_dino"]["ab_over_base"] == pytest.approx(
+        rows["dino"]["images_per_s"] / rows["lightly_dino"]["images_per_s"], rel=1e-9)

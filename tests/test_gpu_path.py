@@ -27,6 +27,15 @@ SYNCING = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "n
            "masked_select", "unique", "unique_consecutive", "argwhere", "nonzero_static"}
 
 
+def blocking_copy(name, args, kwargs) -> bool:
+    """A tensor made on the device from Python data (``new_tensor``, ``torch.tensor(..., device=)``): on a GPU a
+    copy from pageable memory that waits for the stream, every step. (``.to(device)`` is not counted: on the
+    CPU a batch's copy cannot be told from a no-op.)"""
+    if name == "new_tensor":
+        return True
+    return name in ("tensor", "as_tensor") and kwargs.get("device") is not None
+
+
 def bool_index(args) -> bool:
     index = args[1] if len(args) > 1 else None
     items = index if isinstance(index, tuple) else (index,)
@@ -48,10 +57,12 @@ class SyncCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", str(func))
-        if not self.paused and (name in SYNCING or name in ("__getitem__", "__setitem__") and bool_index(args)):
+        kwargs = kwargs or {}
+        if not self.paused and (name in SYNCING or name in ("__getitem__", "__setitem__") and bool_index(args)
+                                or blocking_copy(name, args, kwargs)):
             self.calls.append((self.t.step, name))
             self.where.append(caller())
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..data import CropGroup, DataConfig, build_loader
 from ..data.paired import PairedLoader
 from ..models import ActionDecoder, AnnotationHead
+from ..utils.device_constants import device_constant
 from ..utils.diagnostics import accuracy_in_bins, majority_rate
 from ..views.boxes import box_iou, candidate_boxes, relative_action
 from ..views.photometric import Photometric
@@ -222,7 +223,8 @@ class AB(Method):
         to = torch.cat([boxes, random_boxes], 1), torch.cat([flips.bool(), random_flips], 1)  # A': [B, V + K]
         actions = relative_action(boxes[:, :, None], to[0][:, None], flips[:, :, None], to[1][:, None])
         if views.photometric is not None:  # candidates: the other views' parameters; random boxes: identity
-            identity = torch.tensor([1.0, 1, 1, 0, 0, 0, 0], device=device).expand(b, cfg.num_candidates, -1)
+            # cached on the device: torch.tensor(..., device=cuda) would wait for the GPU every step
+            identity = device_constant((1.0, 1, 1, 0, 0, 0, 0), device).expand(b, cfg.num_candidates, -1)
             photometric = torch.cat([views.photometric, identity], 1)  # [B, V + K, P]
             actions = torch.cat([actions, photometric[:, None].expand(-1, n, -1, -1)], -1)
         q = self.value(self.q_logits("target", target, actions, psi))  # [B, V, V + K, L]

@@ -144,7 +144,7 @@ class ICVF(Method):
         reached = q["mask_g"] == 0
         metrics = {"icvf_loss": loss.detach(), "v": v.detach().mean(), "y": y.mean(), "adv": adv.mean(),
                    "adv_positive": (adv >= 0).float().mean(), "reached": reached.float().mean()}
-        return masked(loss, batch["valid"].to(device)), metrics
+        return masked(loss, batch["valid"].to(device, non_blocking=True)), metrics
 
     # -- target and export ------------------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -20,6 +20,8 @@ import logging
 
 import torch
 
+from ..utils.device_constants import device_constant
+
 log = logging.getLogger("vispre.train")
 
 PLAIN_MEAN = ("loss", "nonfinite")  # averaged as they are, NaN included
@@ -55,7 +57,7 @@ class MetricWindow:
         vec = torch.stack([v.to(device, non_blocking=True) for v in values])  # one kernel per step, not per metric
         if key not in self.groups:
             self.groups[key] = [torch.zeros_like(vec), torch.zeros_like(vec)]
-            self.plain[key] = torch.tensor([k in PLAIN_MEAN for k in key], device=vec.device)
+            self.plain[key] = device_constant([k in PLAIN_MEAN for k in key], vec.device, torch.bool)
         sums, counts = self.groups[key]
         finite = torch.isfinite(vec) | self.plain[key]
         sums.add_(torch.where(finite, vec, 0.0))

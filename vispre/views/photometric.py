@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from ..utils.device_constants import device_constant
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma)
@@ -75,7 +77,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     is_b = 1 - is_r - is_g
     hc = (g - b).mul_(is_r).add_((b - r).add_(c, alpha=2).mul_(is_g)).add_((r - g).add_(c, alpha=4).mul_(is_b))
     h6 = hc.div_(c.clamp_min(1e-12)).add_((shift * 6 + 6).view(-1, 1, 1))  # + 6 keeps it > 0 for fmod
-    k = (h6.unsqueeze(-3) + x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)).fmod_(6)
+    k = (h6.unsqueeze(-3) + device_constant((5.0, 3.0, 1.0), x.device, x.dtype).view(1, 3, 1, 1)).fmod_(6)
     k = (k - 2).abs_().neg_().add_(2).clamp_(0, 1)  # = clamp(min(k, 4 - k), 0, 1) for k in [0, 6)
     return torch.addcmul(mx.unsqueeze(-3), k, c.unsqueeze(-3), value=-1)
 
@@ -216,7 +218,9 @@ class Photometric(nn.Module):
         if self.solarize_p > 0:
             x = solarize(x, u[:, 8] < self.solarize_p)
         if self.mean is not None:
-            mean, std = x.new_tensor(self.mean).view(1, -1, 1, 1), x.new_tensor(self.std).view(1, -1, 1, 1)
+            # cached on the device: x.new_tensor would copy from the host and wait for the GPU, every step
+            mean = device_constant(self.mean, x.device, x.dtype).view(1, -1, 1, 1)
+            std = device_constant(self.std, x.device, x.dtype).view(1, -1, 1, 1)
             x = (x - mean).div_(std)
         return x
 

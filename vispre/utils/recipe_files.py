@@ -59,6 +59,8 @@ def resolve_recipe(name: str, kind: str) -> str:
         for candidate in (root / stem, root / f"{stem}.yaml"):
             if candidate.is_file():
                 return str(candidate)
+    if name.endswith((".yaml", ".yml")) and str(Path(name).parent) not in ("", ".") and Path(name).parent.is_dir():
+        raise UserError(f"recipe {name} does not exist")  # a path into an existing folder: meant as a path
     other = "eval" if kind == "pretrain" else "pretrain"
     hint = ""
     if any(n == stem.removesuffix(".yaml") for n, _ in shipped_recipes(other)):

@@ -318,3 +318,50 @@ def test_training_on_undecoded_batches(tmp_path, shards, monkeypatch):
     t.fit()
     assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in rows(tmp_path / "run"))
+
+
+# -- on a CUDA GPU only (skipped here: no GPU has run them yet) -------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["dino", "ab_dino"])
+def test_cuda_steps_between_logs_never_sync(tmp_path, shards, monkeypatch, method):
+    """torch's own sync detector (C++ syncs included: nonzero, blocking copies) raises inside the steps that
+    follow a step (the first after each log may initialise lazily: cuDNN plans, optimizer state)."""
+    extra = [] if method == "dino" else ["method.name=ab", "method.base=dino", *TINY_AB]
+    t = trainer(shards, tmp_path / "run", "train.steps=8", "train.log_every=4", "train.precision=bf16", *extra)
+    prefetched = [b for _, b in zip(range(8), loop.epochs(t.loader))]
+    monkeypatch.setattr(loop, "epochs", lambda loader: iter(prefetched))
+    step, strict_steps = t.train_step, []
+
+    def strict(batches):
+        if t.step % 4 == 0:
+            return step(batches)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+            strict_steps.append(t.step)
+
+    t.train_step = strict
+    t.fit()
+    assert strict_steps == [1, 2, 3, 5, 6, 7]
+    assert all(math.isfinite(r["loss"]) for r in rows(tmp_path / "run"))
+
+
+@needs_cuda
+def test_nvjpeg_views_match_the_cpu_path():
+    from vispre.data.device_decode import decode_views
+    from vispre.data.transforms import CropGroup, RandomViews, collate
+
+    groups = [CropGroup(count=2, size=32, scale=[0.3, 1.0])]
+    images = [smooth_image(seed=i) for i in range(4)]
+    decoded = collate([RandomViews(groups, reduce_decode=False)(d, torch.Generator().manual_seed(i))
+                       for i, d in enumerate(images)])
+    raw = collate([RandomViews(groups, decode=False)(d, torch.Generator().manual_seed(i))
+                   for i, d in enumerate(images)])
+    out = decode_views(raw, "cuda")
+    assert out["views"][0].device.type == "cuda"
+    assert (out["views"][0].cpu().float() - decoded["views"][0].float()).abs().mean() < 1.5

@@ -47,7 +47,7 @@ def test_missing_tracker_stops_pretrain_before_it_trains(tmp_path, image_shards,
     assert not (out / "checkpoints").exists()
 
 
-def test_tensorboard_holds_the_loss_curve_diagnostics_and_the_recipe_as_hparams(tmp_path, image_shards):
+def test_tensorboard_holds_the_loss_curve_diagnostics_and_the_recipe_as_hparams(tmp_path, image_shards, capsys):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -57,6 +57,7 @@ def test_tensorboard_holds_the_loss_curve_diagnostics_and_the_recipe_as_hparams(
     assert main(["-q", "pretrain", RECIPE, *overrides(image_shards[0], out, "train.steps=4"),
                  "train.trackers=[tensorboard]", "train.diagnostics_every=2", "train.probe_images=8",
                  "optim.lr=0.0007"]) == 0
+    assert "step/s" not in capsys.readouterr().err  # -q: not even the training loop's bar
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logdir = out / "dino_demo"
     scalars = EventAccumulator(str(logdir)).Reload()

@@ -44,6 +44,7 @@ from ..models.init_weights import init_encoder
 from ..utils.diagnostics import rankme, srank
 from ..utils.errors import UserError
 from ..utils.io import write_atomic
+from ..utils.progress import quiet
 from ..utils.runlock import RunLock
 from ..utils.stop_signals import StopSignals
 from ..utils.typed_config import to_yaml
@@ -347,7 +348,8 @@ class Trainer:
             acc.init_trackers(cfg.name, config=recipe_hparams(cfg))  # the recipe as every tracker's hparams
             batches = epochs(self.loader)
             jsonl = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
-            bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not acc.is_main_process, unit="step")
+            bar = tqdm(total=cfg.train.steps, initial=self.step, unit="step",
+                       disable=not acc.is_main_process or quiet())  # vispre -q: no bar
             last_save, window, window_wait, window_start = time.time(), MetricWindow(), 0.0, time.perf_counter()
             self.model.train()
             while self.step < cfg.train.steps:

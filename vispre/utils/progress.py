@@ -50,3 +50,8 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     off = bool(disable) or not enabled()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=off, leave=leave, file=sys.stderr,
                 dynamic_ncols=True, **kwargs)
+
+
+def quiet() -> bool:
+    """``vispre -q`` was given (the training loop's own bar, which shows the loss, follows only this)."""
+    return _QUIET

@@ -98,6 +98,7 @@ def test_print_config_shows_missing_values_instead_of_failing(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip().endswith("missing required value(s): test.path, train.path")
 
 
+@pytest.mark.slow
 def test_a_built_wheel_carries_the_recipes_and_their_bases_resolve(tmp_path):
     src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to the sources
     src.mkdir()

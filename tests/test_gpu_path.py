@@ -365,3 +365,23 @@ def test_nvjpeg_views_match_the_cpu_path():
     out = decode_views(raw, "cuda")
     assert out["views"][0].device.type == "cuda"
     assert (out["views"][0].cpu().float() - decoded["views"][0].float()).abs().mean() < 1.5
+
+
+def test_ema_update_with_a_device_momentum_matches_timm():
+    from timm.utils.model_ema import ModelEmaV3
+
+    from vispre.methods.base import ema_update_
+
+    torch.manual_seed(0)
+    online = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    by_timm, by_tensor = ModelEmaV3(online), ModelEmaV3(online)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+    ema_update_(by_timm, online, 0.9)
+    ema_update_(by_tensor, online, torch.tensor(0.9, dtype=torch.float64))
+    for a, b in zip(by_timm.module.state_dict().values(), by_tensor.module.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-7)
+    before = [t.clone() for t in by_tensor.module.state_dict().values()]
+    ema_update_(by_tensor, online, torch.tensor(1.0, dtype=torch.float64))  # a skipped step: nothing moves
+    assert all(torch.equal(a, b) for a, b in zip(before, by_tensor.module.state_dict().values()))

@@ -183,6 +183,18 @@ def test_compiled_step_matches_eager(tmp_path):
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # no _orig_mod: checkpoints unchanged
 
 
+def test_compiled_ab_step_matches_eager(tmp_path):
+    torch.manual_seed(0)
+    eager = seeded(build(tiny_recipe(tmp_path, "unused", "method.name=ab", "method.base=dino")))
+    compiled = copy.deepcopy(eager)
+    assert compile_encoders(compiled, backend="aot_eager") == [
+        "base.online.encoder", "base.online.ab_decoder", "base.target.module.encoder", "base.target.module.ab_decoder"]
+    batch = ab_batches()
+    (loss_eager, m_eager), (loss_compiled, m_compiled) = eager(batch), compiled(batch)
+    assert torch.allclose(loss_compiled, loss_eager, rtol=1e-5, atol=1e-6), (loss_compiled, loss_eager)
+    assert torch.allclose(m_compiled["td_loss"], m_eager["td_loss"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["dino", "ab_dino"])
 def test_bf16_loss_matches_fp32(tmp_path, method):
     extra = ["method.name=dino"] if method == "dino" else ["method.name=ab", "method.base=dino"]

@@ -74,7 +74,7 @@ class TrainConfig:
     # -- the GPU path (README "GPU path"; vispre.pretrain.speed). Step metrics stay on the device between logs:
     # non-finite steps are skipped on the device and the stop rules above are checked at each log and before
     # each checkpoint, so log_every is also how often the host waits for the GPU
-    compile: bool = False  # torch.compile the online and target encoders (one graph per crop size)
+    compile: bool = False  # torch.compile the online and target encoders and AB's decoders (a graph per crop size)
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for tests)
     compile_mode: Optional[str] = None  # torch.compile mode: None (default) | reduce-overhead | max-autotune
     # auto: fused AdamW where torch has the kernels for the device (CUDA, CPU); it also skips a non-finite

@@ -3,8 +3,8 @@
 * the optimizer: AdamW with fused kernels where torch has them for the training device (CUDA, and the CPU
   since torch 2.4): one kernel for all parameters, and it can skip a step on the device (``found_inf``), so a
   non-finite step is skipped without the host reading a flag (``vispre.pretrain.loop``);
-* ``train.compile``: ``torch.compile`` of the online and target encoders (in place: ``Module.compile`` keeps
-  the parameter names, so checkpoints and exports are unchanged);
+* ``train.compile``: ``torch.compile`` of the online and target encoders and AB's action decoders (in place:
+  ``Module.compile`` keeps the parameter names, so checkpoints and exports are unchanged);
 * ``train.channels_last``: NHWC weights for CNN encoders on CUDA (cuDNN's fast layout; ViTs only have
   their patch embedding as a convolution, so they keep NCHW);
 * timm's fused attention (``F.scaled_dot_product_attention``) on, unless ``TIMM_FUSED_ATTN=0`` says not;
@@ -65,12 +65,17 @@ def use_channels_last(setting: str, encoder: nn.Module, device: torch.device) ->
     return setting == "true"
 
 
+COMPILED_MODULES = ("ab_decoder",)  # besides the encoders: AB's action decoder (its Q head's candidate max)
+
+
 def compile_encoders(method: nn.Module, backend: str = "inductor", mode: str | None = None) -> list[str]:
-    """``torch.compile`` every encoder the method runs (online and target), in place; returns their names.
-    One graph per crop size (``dynamic=False``: 2 sizes for multi-crop, each compiled once)."""
+    """``torch.compile`` every encoder the method runs (online and target) and AB's action decoders, in place;
+    returns their names. One graph per crop size (``dynamic=False``: 2 sizes for multi-crop, each compiled
+    once; the first two steps compile, with and without gradient)."""
     names = []
     for name, module in method.named_modules():
-        if name.endswith("encoder") and hasattr(module, "timm_model"):
+        last = name.rsplit(".", 1)[-1]
+        if last == "encoder" and hasattr(module, "timm_model") or last in COMPILED_MODULES:
             module.compile(backend=backend, mode=mode, dynamic=False)
             names.append(name)
     return names

@@ -47,11 +47,16 @@ def two_machines(logs: Path, *program, timeout: int = 180) -> None:
     for rank in (0, 1):
         log = open(logs / f"machine{rank}.log", "w")
         processes.append((machine(rank, port, *program, output=log), log))
+    wait_all(processes, "machine", timeout)
+
+
+def wait_all(processes, what: str, timeout: int = 180) -> None:
+    """Every (process, log file) must exit 0; on any failure, kill what still runs (each its own group)."""
     try:
         for rank, (p, log) in enumerate(processes):
             p.wait(timeout=timeout)
             log.close()
-            assert p.returncode == 0, f"machine {rank}:\n{Path(log.name).read_text()[-5000:]}"
+            assert p.returncode == 0, f"{what} {rank}:\n{Path(log.name).read_text()[-5000:]}"
     finally:
         for p, log in processes:
             if p.poll() is None:  # the launcher and its ranks: their own process group
@@ -128,3 +133,25 @@ def test_a_machine_that_never_arrives_is_a_clear_error_in_bounded_time(tmp_path)
     assert time.monotonic() - start < 60
     assert "1/2 clients joined" in stderr, stderr[-3000:]
     assert not (tmp_path / "run").exists()  # no rank started: nothing written
+
+
+@pytest.mark.slow
+def test_srun_style_ranks_from_the_environment(tmp_path):
+    """The README's preemption line: srun starts every rank itself (``exec env RANK=... LOCAL_RANK=...
+    WORLD_SIZE=... LOCAL_WORLD_SIZE=... MASTER_ADDR=... MASTER_PORT=... python ...``, no accelerate launch);
+    here two such ranks, one per "node", reach the same weights and one checkpoint."""
+    shards, _ = make_image_shards(tmp_path / "shards", [12] * 8)
+    result, port, processes = tmp_path / "ranks.json", free_port(), []
+    args = overrides(shards, tmp_path / "run", "train.steps=4", "train.checkpoint_every_steps=4")
+    for rank in (0, 1):
+        env = dict(ENV, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        processes.append((subprocess.Popen([sys.executable, str(ROOT / "tests" / "scripts" / "dist_train.py"),
+                                            str(result), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True), log))
+    wait_all(processes, "rank")
+    ranks = [json.loads(Path(f"{result}.rank{r}").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world"], r["step"]) for r in ranks] == [(0, 2, 4), (1, 2, 4)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["target"] == ranks[1]["target"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint-00000004", "latest"]

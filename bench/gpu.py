@@ -73,6 +73,8 @@ def recipe(name: str, model: str, args, data: dict):
                  "data.shuffle_buffer=64", f"method.ab.bootstrap_batch_size={max(1, args.batch // 4)}"]
     if name == "icvf":
         overrides += [f"data.spec={data['clips']}", "data.format=clip", f"data.frame_size={args.size}"]
+    elif args.decode_device != "cpu" and name in RECIPES:  # vispre's views only: the baselines read decoded crops
+        overrides.append(f"data.decode_device={args.decode_device}")
     cfg = load_recipe(str(ROOT / "recipes" / RECIPES[name]), overrides + (TINY_HEADS if args.tiny else []))
     if args.tiny:
         def shrink(groups):
@@ -186,7 +188,9 @@ def run_row(name: str, model: str, args, data: dict, peak: float | None) -> dict
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     step, loader, compile_row = build(name, model, args, data)
+    decode = args.decode_device if name in RECIPES and name != "icvf" else "cpu"
     row = {"model": model, "row": name, "batch": args.batch, "compiled": bool(args.compile and compile_row),
+           "decode_device": decode,
            **measure(step, loader, compile_row, args)}
     row["peak_memory_mb"] = peak_memory_mb(args.device)
     achieved = row["flops_per_step"] * row["steps"] / row["seconds"]
@@ -242,6 +246,8 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (as train.compile) "
                         "after the FLOP count; raise --warmup to cover the compilation")
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
+                        help="data.decode_device of the vispre image rows (cuda: nvJPEG in the training process)")
     parser.add_argument("--json", metavar="OUT", help="write the figures here")
     args = parser.parse_args(argv)
     tiny = args.tiny
@@ -309,4 +315,9 @@ def _has_lightly() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    from vispre.utils.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a bad option (e.g. --decode-device cuda without CUDA): the message, no traceback
+        sys.exit(f"bench/gpu.py: {e}")

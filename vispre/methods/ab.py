@@ -123,6 +123,12 @@ class AB(Method):
     def before_optimizer_step(self) -> None:
         self.base.before_optimizer_step()
 
+    def has_unused_parameters(self) -> bool:  # without one of the two losses its heads get no gradient
+        return self.cfg.annotation_weight == 0 or self.cfg.bootstrap_weight == 0
+
+    def samples_per_step(self, data_cfg: DataConfig) -> int:  # the annotation batch + the bootstrap batch
+        return data_cfg.batch_size + (self.cfg.bootstrap_batch_size if self.cfg.bootstrap_weight > 0 else 0)
+
     def export_encoder(self, which: str = "target"):
         return self.base.export_encoder(which)
 

@@ -143,6 +143,15 @@ class Method(nn.Module):
             raise ValueError(f"method {self.method_name} reads one stream: annotation_data must not be set")
         return build_loader(data_cfg, rank, world_size)
 
+    def has_unused_parameters(self) -> bool:
+        """True when some trainable parameters get no gradient in a step (DDP must then look for them:
+        ``find_unused_parameters``)."""
+        return False
+
+    def samples_per_step(self, data_cfg: DataConfig) -> int:
+        """Samples one step loads per process (the throughput the loop logs as samples_per_s)."""
+        return data_cfg.batch_size
+
     def diagnostics(self, data_cfg: DataConfig, n: int) -> dict | None:
         """Method-specific diagnostics on ``n`` probe samples, or None: the trainer's default (srank and
         RankMe of the target encoder's features on a fixed batch of centre crops)."""

@@ -121,12 +121,12 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        ddp_handler = DistributedDataParallelKwargs(**ddp_kwargs(cfg.train.ddp))  # read at prepare()
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.precision),
             gradient_accumulation_steps=cfg.train.grad_accum, log_with=checked_trackers(cfg.train.trackers),
             project_dir=str(self.out),
-            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10)),
-                             DistributedDataParallelKwargs(**ddp_kwargs(cfg.train.ddp))])
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10)), ddp_handler])
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         fused_attention()  # timm's Attention reads the flag when it is built
@@ -134,6 +134,7 @@ class Trainer:
         if cfg.model.init:  # before build_method: the EMA copy starts from these weights too
             init_encoder(encoder, cfg.model.init, cfg.model.init_prefix)
         self.method = build_method(cfg.method, encoder)
+        ddp_handler.find_unused_parameters |= self.method.has_unused_parameters()  # e.g. AB with one loss off
         if use_channels_last(str(cfg.train.channels_last).lower(), encoder, acc.device):
             self.method.to(memory_format=torch.channels_last)  # 4-d weights NHWC; convolutions follow them
         if cfg.train.compile:
@@ -154,6 +155,7 @@ class Trainer:
         # the method builds its batches (ICVF samples (s, s', s+, z) in clips; AB pairs two streams)
         self.loader = self.method.build_loader(cfg.data, acc.process_index, acc.num_processes,
                                                second=cfg.annotation_data)
+        self.samples_per_step = self.method.samples_per_step(cfg.data)
         self.model, self.optimizer = acc.prepare(self.method, optimizer)
         self.step = 0
         self.probe = None
@@ -319,7 +321,7 @@ class Trainer:
             from dataclasses import replace
 
             cfg = self.cfg.data
-            probe_cfg = replace(cfg, resampled=False, workers=0, shuffle_buffer=0, shard_shuffle=False,
+            probe_cfg = replace(cfg, weights=None, resampled=False, workers=0, shuffle_buffer=0, shard_shuffle=False,
                                 batch_size=self.cfg.train.probe_images, eval_size=cfg.views[0].size, crop_pct=1.0)
             self.probe = next(iter(build_loader(probe_cfg)))["image"]
         method = self.accelerator.unwrap_model(self.model)
@@ -366,7 +368,7 @@ class Trainer:
                     row, watched = window.reduce(self.nonfinite_watch.state)
                     check_nonfinite(self.nonfinite_watch.read(watched), cfg.train, self.step)
                     row.update(step=self.step, lr=lr, epoch=self.loader.epoch,
-                               samples_per_s=n * cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
+                               samples_per_s=n * self.samples_per_step * cfg.train.grad_accum * acc.num_processes
                                / seconds, data_wait=window_wait / seconds)
                     if cfg.train.diagnostics_every and self.step % cfg.train.diagnostics_every == 0 \
                             and acc.is_main_process:

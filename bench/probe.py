@@ -71,11 +71,16 @@ def peak_mib(device: torch.device) -> float:
 
 
 def timed(device, fn):
+    """(output, seconds, peak MiB). Seconds: wall clock, or with --clock cpu this process's CPU time, which other
+    jobs on a shared host inflate much less (with 1 torch thread it equals wall time on an idle host)."""
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
     sync(device)
-    return out, time.perf_counter() - start, peak_mib(device)
+    return out, CLOCK() - start, peak_mib(device)
+
+
+CLOCK = time.perf_counter
 
 
 def fastest(device, fns: dict, repeats: int) -> dict:
@@ -111,7 +116,15 @@ def main():
                              "for ViT-S/16 at 224 px); fitting costs do not depend on the values")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: elapsed seconds; cpu: this process's CPU seconds (CPU device only; meant for 1 "
+                             "thread on a shared machine, where other jobs stretch wall time unevenly)")
     args = parser.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        if args.device != "cpu":
+            parser.error("--clock cpu times CPU work only; use --clock wall with --device cuda")
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -169,7 +182,7 @@ def fit_and_report(args, device, lrs, source, features, extract_s, extract_mem):
     print(f"{args.model} @ {args.img_size}px on {source.describe()} ({len(features)} images, {classes} classes, "
           f"tokens {list(tokens.tokens.shape[1:])}), {device}, {torch.get_num_threads()} threads; "
           f"extraction {extract_s:.1f} s, {extract_mem:.0f} MiB peak")
-    print(f"fastest of {args.repeats} interleaved run(s) per row")
+    print(f"fastest of {args.repeats} interleaved run(s) per row, {args.clock} clock")
     print(f"linear: {len(lrs)} lrs x {len(variants)} input variants = {n_heads} heads, {args.epochs} epochs "
           f"= {steps} steps of {args.batch}")
     map_steps = tokens.steps(args.map_batch, args.map_epochs)

@@ -51,6 +51,15 @@ class PairedLoader:
         if "paired" not in state or set(state["paired"]) != set(self.loaders):
             raise ValueError(f"cannot resume: the checkpoint's data state is not a pair of streams "
                              f"{sorted(self.loaders)} (was the run's method or annotation_data changed?)")
+        self.close()
         for k, v in self.loaders.items():
             v.load_state_dict(state["paired"][k])
+
+    def close(self) -> None:
+        """Shut the other loaders' workers down. Their iterators stay alive between epochs of the main stream;
+        left to interpreter exit, their workers (which ignore SIGTERM, see ``loader.py``) would make
+        multiprocessing's exit handler wait forever. Closing a generator unwinds it down to the DataLoader
+        iterator, whose release shuts its workers down. The next ``iter`` starts them again where they were."""
+        for it in (self._others or {}).values():
+            it.close()
         self._others = None

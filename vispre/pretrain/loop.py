@@ -338,7 +338,7 @@ class Trainer:
         self.saved_step, self.nonfinite_in_row = None, 0
         self.claim_output_dir(resume, overwrite)
         signals = StopSignals().install()
-        jsonl = bar = None
+        jsonl = bar = batches = None
         finished = False
         try:
             if resume:
@@ -392,6 +392,9 @@ class Trainer:
             finished = True
         finally:
             signals.restore()
+            if batches is not None:  # shut loader workers down: left alive they hang the interpreter's exit
+                batches.close()
+                getattr(self.loader, "close", lambda: None)()
             if bar is not None:
                 bar.close()
             if jsonl is not None:

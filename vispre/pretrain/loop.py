@@ -122,11 +122,12 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         ddp_handler = DistributedDataParallelKwargs(**ddp_kwargs(cfg.train.ddp))  # read at prepare()
+        timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(cfg.train.precision),
             gradient_accumulation_steps=cfg.train.grad_accum, log_with=checked_trackers(cfg.train.trackers),
             project_dir=str(self.out),
-            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10)), ddp_handler])
+            kwargs_handlers=[timeout, ddp_handler])
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         fused_attention()  # timm's Attention reads the flag when it is built

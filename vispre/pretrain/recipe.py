@@ -67,6 +67,9 @@ class TrainConfig:
     diagnostics_every: int = 1000  # srank / RankMe on a fixed probe batch (0: off)
     probe_images: int = 256
     threads: int = 0  # torch threads per process (0: torch's default)
+    # how long a collective (all-reduce, the checkpoint's gather, a barrier) waits for the other ranks before the
+    # process group fails the run: raise it when a rank may stall longer (a slow shard, a large FSDP checkpoint)
+    dist_timeout_minutes: float = 10.0
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     # a NaN / inf loss or gradient: skip that step (no optimizer or target update) or stop (exit 3). Ours
     nonfinite: str = "skip"  # skip | stop
@@ -126,6 +129,7 @@ def check_recipe(cfg: PretrainConfig) -> Checks:
     for name in ("keep_checkpoints", "diagnostics_every", "threads", "max_nonfinite_skips"):
         t.at_least(name, getattr(cfg.train, name), 0)
     t.above("checkpoint_every_minutes", cfg.train.checkpoint_every_minutes, 0)
+    t.above("dist_timeout_minutes", cfg.train.dist_timeout_minutes, 0)
     t.one_of("precision", cfg.train.precision, ("auto", "no", "bf16", "fp16"))
     t.one_of("nonfinite", cfg.train.nonfinite, ("skip", "stop"))
     for name in ("fused_adamw", "channels_last"):  # YAML reads true / false as booleans: compare as text

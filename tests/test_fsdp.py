@@ -1,6 +1,7 @@
 """recipes/accelerate/fsdp_vit.yaml: what the launcher makes of it, the units it shards, and accelerate's own FSDP2
 preparation of a vispre method on two gloo CPU ranks (accelerate itself runs FSDP on GPUs only)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from vispre.pretrain.recipe import load_recipe
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "recipes" / "accelerate" / "fsdp_vit.yaml"
+
 TINY_DINO = ["method.name=dino", "method.dino.out_dim=32", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16"]
 
 
@@ -72,14 +74,85 @@ def test_wrap_policy_shards_online_and_target_blocks_of_a_method(monkeypatch):
     assert all(isinstance(method.get_submodule(n), Block) for n in names)
 
 
-@pytest.mark.xfail(strict=True, reason="vispre.models.heads.LogitScale.value (AB's t_AB, CLIP's logit scale) and "
-                                       "AnnotationHead.bias are 0-dim parameters, which FSDP2's fully_shard refuses")
-@pytest.mark.parametrize("method", ["ab", "clip"])
-def test_no_scalar_parameters_for_fsdp2(method):
+def scalar_method(method):
+    """AB (its bce bias on) or CLIP: the methods that hold learned scalars."""
     cfg = load_recipe(None, [*TINY_MODEL, "data.spec=unused", f"method.name={method}", "method.base=dino",
-                             "method.clip.text=tiny", *TINY_AB])
-    model = build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs))
-    assert [n for n, p in model.named_parameters() if p.dim() == 0] == []
+                             "method.clip.text=tiny", *TINY_AB, "method.ab.divergence=bce"])
+    return build_method(cfg.method, build_encoder(cfg.model.name, **cfg.model.kwargs))
+
+
+@pytest.mark.parametrize("method, scalars", [
+    ("ab", [f"base.{net}.ab_head.{name}" for net in ("online", "target.module") for name in ("bias", "scale.value")]),
+    ("clip", ["online.logit_scale.value", "target.module.logit_scale.value"]),  # and their EMA copies
+])
+def test_no_scalar_parameters_for_fsdp2(method, scalars):
+    model = scalar_method(method)
+    assert [n for n, p in model.named_parameters() if p.dim() == 0] == []  # fully_shard refuses 0-dim ones
+    # 1 element each instead (AB's bce bias b and t_AB = exp(s); CLIP's logit scale)
+    assert [n for n, p in model.named_parameters() if p.shape == (1,)] == scalars
+    if method == "clip":
+        scale = model.scale("online")
+        assert scale.shape == () and float(scale.detach()) == pytest.approx(1 / 0.07)  # t itself stays 0-dim
+    else:
+        head = model.base.online["ab_head"]
+        assert float(head.bias.detach()) == -10.0
+        phi, psi = torch.randn(3, 5, 16), torch.nn.functional.normalize(torch.randn(7, 16), dim=-1)
+        by_hand = (1 / 0.07) * torch.nn.functional.normalize(phi, dim=-1) @ psi.T - 10.0
+        assert head(phi, psi).shape == (3, 5, 7) and torch.allclose(head(phi, psi), by_hand, atol=1e-5)
+
+
+def zero_dim(state: dict) -> dict:
+    """A state dict as vispre wrote it before the scalars became 1-element tensors."""
+    return {k: v.reshape(()) if k.endswith(("scale.value", "ab_head.bias")) else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("method", ["ab", "clip"])
+def test_checkpoints_with_0_dim_scalars_still_load(tmp_path, method):
+    from safetensors.torch import save_file
+
+    from vispre.pretrain.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    old = scalar_method(method)
+    optimizer = torch.optim.AdamW(old.parameters(), lr=1e-2)
+    with torch.no_grad():
+        for p in old.parameters():
+            if p.shape == (1,):
+                p.add_(0.25)  # a trained value, not the initial one
+    loss = sum(p.float().square().sum() for p in old.parameters())
+    loss.backward()
+    optimizer.step()
+    old_state = {k: v.clone() for k, v in old.state_dict().items()}
+    old_optimizer = copy.deepcopy(optimizer.state_dict())  # state_dict() shares its dicts with the optimizer
+    for state in old_optimizer["state"].values():  # the moments of a 0-dim parameter were 0-dim
+        for key in ("exp_avg", "exp_avg_sq"):
+            if state[key].shape == (1,):
+                state[key] = state[key].reshape(())
+    path = tmp_path / "checkpoint-00000001"
+    path.mkdir()
+    save_file(zero_dim(old_state), str(path / "model.safetensors"))
+    torch.save(old_optimizer, path / "optimizer.pt")
+    (path / "state.json").write_text('{"step": 1}')
+    assert sum(v.dim() == 0 for v in zero_dim(old_state).values()) == (2 if method == "ab" else 1) * 2  # + target
+
+    torch.manual_seed(1)
+    new = scalar_method(method)
+    new_optimizer = torch.optim.AdamW(new.parameters(), lr=1e-2)
+    load_checkpoint(path, new, new_optimizer)
+    for k, v in new.state_dict().items():
+        assert v.shape == old_state[k].shape and torch.equal(v, old_state[k]), k
+    if method == "clip":
+        assert torch.equal(new.scale("online"), old.scale("online"))
+    else:
+        phi, psi = torch.randn(3, 5, 16), torch.nn.functional.normalize(torch.randn(7, 16), dim=-1)
+        assert torch.equal(new.base.online["ab_head"](phi, psi), old.base.online["ab_head"](phi, psi))
+    # the next optimizer step is the old model's, moments of the former scalars included
+    for model, opt in ((old, optimizer), (new, new_optimizer)):
+        opt.zero_grad()
+        sum(p.float().square().sum() for p in model.parameters()).backward()
+        opt.step()
+    for (k, a), b in zip(old.named_parameters(), new.parameters(), strict=True):
+        assert torch.equal(a, b), k
 
 
 @pytest.mark.slow

@@ -102,15 +102,29 @@ class ProjectionHead(nn.Module):
         return _flat_apply(self.mlp, x)
 
 
+def _scalar_as_one_element(state_dict: dict, key: str) -> None:
+    """A 0-dim tensor saved before these parameters became 1-element ones (FSDP2's ``fully_shard`` refuses
+    0-dim parameters): the same value, reshaped so that old checkpoints still load."""
+    value = state_dict.get(key)
+    if torch.is_tensor(value) and value.dim() == 0:
+        state_dict[key] = value.reshape(1)
+
+
 class LogitScale(nn.Module):
-    """A learned temperature t = exp(s), clamped at ``max_scale`` (CLIP's logit scale)."""
+    """A learned temperature t = exp(s), clamped at ``max_scale`` (CLIP's logit scale).
+
+    s is a 1-element parameter (not 0-dim, which FSDP2 cannot shard); t is returned 0-dim as before."""
 
     def __init__(self, init: float):
         super().__init__()
-        self.value = nn.Parameter(torch.tensor(init))
+        self.value = nn.Parameter(torch.tensor([float(init)]))
 
     def forward(self, max_scale: float) -> torch.Tensor:
-        return self.value.exp().clamp(max=max_scale)
+        return self.value.exp().clamp(max=max_scale).reshape(())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _scalar_as_one_element(state_dict, prefix + "value")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class AnnotationHead(nn.Module):
@@ -138,7 +152,12 @@ class AnnotationHead(nn.Module):
             self.mlp = Mlp(in_dim, hidden_dim, dim)
             self.mlp.apply(init_linear)
         self.scale = LogitScale(init_scale)
-        self.bias = nn.Parameter(torch.tensor(float(bias_init))) if bias_init is not None else None
+        # 1 element, not 0-dim (FSDP2); it broadcasts over the logits [..., L] alike
+        self.bias = nn.Parameter(torch.tensor([float(bias_init)])) if bias_init is not None else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _scalar_as_one_element(state_dict, prefix + "bias")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """psi_AB(l) as unit vectors [L, dim]: the table, or the MLP on ``inputs`` [L, in_dim]."""

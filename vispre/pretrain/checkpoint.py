@@ -194,4 +194,15 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) ->
             optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{file} does not match the optimizer: {str(e).splitlines()[0]}") from e
+        _one_element_moments(optimizer)
     return state
+
+
+def _one_element_moments(optimizer) -> None:
+    """Adam's moments of a parameter that was 0-dim when saved (a logit scale, AB's bias: 1-element now, for
+    FSDP2) take the parameter's shape; an in-place update of a 0-dim moment by a [1] gradient would fail."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key != "step" and torch.is_tensor(value) and value.dim() == 0 and p.shape == (1,):
+                    optimizer.state[p][key] = value.reshape(1)

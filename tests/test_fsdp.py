@@ -178,3 +178,34 @@ def test_fsdp2_on_two_gloo_ranks_trains_like_the_unsharded_method(tmp_path):
     # the full state dict a checkpoint needs (model.safetensors): gathered on rank 0, key for key the unsharded
     # method's (online, EMA target, DINO's centre), equal to it after 3 steps
     assert ranks[0]["keys_match"] and ranks[0]["max_diff"] < 1e-6
+
+
+@pytest.mark.slow
+def test_checkpoint_of_a_sharded_method_on_two_gloo_ranks(tmp_path):
+    """vispre.pretrain.sharded, what Trainer.save / resume call on an FSDP2 model, on AB (its 1-element scalars
+    sharded too): the file holds the unsharded reference's tensors; a fresh sharded method loads them and takes
+    the reference's next step; a NaN in one rank's shard is refused on both."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", "0",
+           str(ROOT / "tests" / "scripts" / "fsdp_checkpoint.py"), str(tmp_path),
+           "method.name=ab", "method.base=dino", "method.ab.divergence=bce", *TINY_DINO,
+           *[o.replace("bootstrap_batch_size=4", "bootstrap_batch_size=2") for o in TINY_AB]]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    zero = ranks[0]
+    assert zero["sharded"] and not zero["reference_sharded"]
+    # the files: key for key the unsharded method's weights (online, EMA target, centre) and Adam moments
+    assert zero["keys_match"] and zero["weights_diff"] < 1e-6
+    assert zero["moment_keys_match"] and zero["moments_diff"] < 1e-6 and zero["steps"] == [2.0]
+    assert zero["plain_load_diff"] == 0.0  # the weights load into an unsharded method too (vispre export)
+    # resumed: other initial weights replaced by the checkpoint's, and the next step is the reference's
+    assert zero["fresh_differed"] > 0.1 and zero["loaded_diff"] < 1e-6
+    assert zero["after_diff"] < 1e-6 and zero["after_vs_uninterrupted"] < 1e-6
+    for r in ranks:
+        assert r["path"] == "checkpoint-00000002" and r["state_step"] == 2
+        assert r["next_loss"] == pytest.approx(r["reference_loss"], rel=1e-6) == r["uninterrupted_loss"]
+        # a NaN in rank 1's shard: refused on both ranks, nothing written, the good checkpoint kept
+        assert "not writing" in r["nonfinite"] and "patch_embed.proj.weight" in r["nonfinite"]
+        assert r["checkpoints"] == ["checkpoint-00000002", "latest"]

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..utils.errors import UserError
 from ..utils.io import write_atomic
@@ -85,11 +85,13 @@ def _write_error(error: BaseException, tmp: Path, final: Path) -> CheckpointWrit
     return written
 
 
-def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, optimizer, state: dict,
+def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module | dict, optimizer, state: dict,
                     keep: int = 2) -> Path:
+    """``model``: the module, or its full state dict as FSDP gathers it (``sharded.py``); ``optimizer``: the
+    optimizer, or its (gathered) state dict."""
     directory = Path(directory)
     final = directory / checkpoint_name(step)
-    bad = nonfinite_tensors(model.state_dict())
+    bad = nonfinite_tensors(model if isinstance(model, dict) else model.state_dict())
     if bad:
         raise NonFiniteCheckpoint(f"not writing {final}: the model holds NaN or inf in {len(bad)} tensors "
                                   f"({', '.join(bad[:5])}); the previous checkpoints are kept")
@@ -98,11 +100,14 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, op
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        if isinstance(model, dict):  # gathered tensors: fresh copies, none shares memory with another
+            save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         # through a Python file: a full disk then surfaces as OSError(ENOSPC) instead of torch's bare
         # "enforce fail at inline_container.cc"
         with open(tmp / "optimizer.pt", "wb") as f:
-            torch.save(optimizer.state_dict(), f)
+            torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), f)
         with open(tmp / "state.json", "w") as f:
             json.dump({"step": step, **state}, f, indent=1)
     except Exception as e:
@@ -184,18 +189,32 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) ->
                               f"unexpected {sorted(unexpected)[:10]}")
     if optimizer is not None:
         file = path / "optimizer.pt"
-        try:
-            saved = torch.load(file, map_location="cpu", weights_only=True)
-        except FileNotFoundError as e:
-            raise CheckpointError(f"{file} does not exist") from e
-        except Exception as e:  # corrupt, or a pickled object weights_only refuses
-            raise CheckpointError(f"{file}: cannot read the optimizer state ({str(e).splitlines()[0]})") from e
+        saved = read_optimizer(file)
         try:
             optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{file} does not match the optimizer: {str(e).splitlines()[0]}") from e
         _one_element_moments(optimizer)
     return state
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` as a state dict on the CPU; a missing or corrupt file is a CheckpointError naming it."""
+    try:
+        return load_file(str(weights))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{weights} does not exist") from e
+    except Exception as e:  # safetensors' own error for a truncated or corrupt file does not name it
+        raise CheckpointError(f"{weights}: cannot read the weights ({str(e).splitlines()[0]})") from e
+
+
+def read_optimizer(file: Path) -> dict:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{file} does not exist") from e
+    except Exception as e:  # corrupt, or a pickled object weights_only refuses
+        raise CheckpointError(f"{file}: cannot read the optimizer state ({str(e).splitlines()[0]})") from e
 
 
 def _one_element_moments(optimizer) -> None:

@@ -61,6 +61,7 @@ from .checkpoint import (
 )
 from .gradients import usable_gradients
 from .recipe import PretrainConfig
+from .sharded import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 from .speed import build_optimizer, compile_encoders, ddp_kwargs, fused_attention, skips_on_device, use_channels_last
 from .step_metrics import MetricWindow, NonFiniteLoss, NonFiniteWatch, check_nonfinite  # noqa: F401
 from .trackers import checked_trackers, recipe_hparams
@@ -181,6 +182,11 @@ class Trainer:
         if self.saved_step == self.step and path.exists():
             return path  # already written at this step (a stop signal right after a periodic save)
         state = self.state()
+        if is_sharded(self.model):  # FSDP: every rank gathers the full state, rank 0 checks and writes it
+            path = save_sharded_checkpoint(self.out / "checkpoints", self.step, self.model, self.optimizer, state,
+                                           keep=self.cfg.train.keep_checkpoints)
+            self.saved_step = self.step
+            return path
         bad = nonfinite_tensors(acc.unwrap_model(self.model).state_dict())
         if bad:
             raise NonFiniteCheckpoint(f"not writing {path}: the model holds NaN or inf in {len(bad)} tensors "
@@ -246,7 +252,8 @@ class Trainer:
         if path is None:
             log.info("no checkpoint under %s: starting from scratch", self.out / "checkpoints")
             return
-        state = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer)
+        load = load_sharded_checkpoint if is_sharded(self.model) else load_checkpoint  # FSDP: into the shards
+        state = load(path, self.accelerator.unwrap_model(self.model), self.optimizer)
         if not isinstance(state.get("data"), dict):
             raise UserError(f"{path / 'state.json'}: data must be the data stream's state (a JSON object)")
         self.step = state["step"]

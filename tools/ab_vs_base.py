@@ -117,8 +117,9 @@ def one_arm(arm: str, seed: int, args) -> None:
 def mean_std(xs: list[float]) -> str:
     if not xs:
         return "not run"
-    std = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-    return f"{statistics.mean(xs):.1f}" + (f" +- {std:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
+    std = f" +- {statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
+    each = f" ({', '.join(f'{x:.1f}' for x in xs)})" if 1 < len(xs) <= 3 else ""  # few seeds: show each
+    return f"{statistics.mean(xs):.1f}{std}{each} (n={len(xs)})"
 
 
 def scores(out: Path, arm: str, seeds: list[int], probe_set: str) -> dict[int, dict[str, float]]:
@@ -150,6 +151,9 @@ def value_accuracy(out: Path, arm: str, seeds: list[int], last: int = 100) -> di
 def table(out: Path, seeds: list[int]) -> str:
     lines = []
     for ab, (_, base, _) in ((a, v) for a, v in ARMS.items() if v[1]):
+        if not any(scores(out, arm, seeds, p) for arm in (base, ab) for p in PROBE_SETS):
+            lines += [f"#### {LABEL[ab]} against {LABEL[base]}: not run", ""]
+            continue
         lines += [f"#### {LABEL[ab]} against {LABEL[base]}", "",
                   f"| probe set | probe | random init | {LABEL[base]} | {LABEL[ab]} | {LABEL[ab]} - {LABEL[base]} "
                   f"(paired by seed) | paper {LABEL[base]}, ImageNet | paper {LABEL[ab]}, ImageNet |",
@@ -172,7 +176,7 @@ def table(out: Path, seeds: list[int]) -> str:
                 lines.append(f"| {probe_set.removeprefix('demo_')} | {probe} | {floor_cell} | "
                              f"{mean_std([v[probe] for v in b.values() if probe in v])} | "
                              f"{mean_std([v[probe] for v in a.values() if probe in v])} | "
-                             f"{mean_std(diffs).replace(' (n=', ' (pairs=') if diffs else 'not run'} | "
+                             f"{mean_std(diffs).replace('(n=', '(pairs=') if diffs else 'not run'} | "
                              f"{paper[0]} | {paper[1]} |")
         if skipped:
             lines += ["", f"Not run for either arm: {', '.join(skipped)}."]

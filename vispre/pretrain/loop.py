@@ -400,9 +400,9 @@ class Trainer:
             finished = True
         finally:
             signals.restore()
-            if batches is not None:  # shut loader workers down: left alive they hang the interpreter's exit
-                batches.close()
-                getattr(self.loader, "close", lambda: None)()
+            # shut the loaders' workers down: left alive, they hang the interpreter's exit (they ignore SIGTERM)
+            getattr(batches, "close", lambda: None)()
+            getattr(self.loader, "close", lambda: None)()
             if bar is not None:
                 bar.close()
             if jsonl is not None:

@@ -4,6 +4,7 @@ preparation of a vispre method on two gloo CPU ranks (accelerate itself runs FSD
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,40 @@ def test_checkpoint_of_a_sharded_method_on_two_gloo_ranks(tmp_path):
         # a NaN in rank 1's shard: refused on both ranks, nothing written, the good checkpoint kept
         assert "not writing" in r["nonfinite"] and "patch_embed.proj.weight" in r["nonfinite"]
         assert r["checkpoints"] == ["checkpoint-00000002", "latest"]
+
+
+@pytest.mark.slow
+def test_a_vispre_run_on_a_sharded_method_trains_saves_and_resumes_like_ddp(tmp_path):
+    """Trainer.fit, its checkpoints and --resume with the method FSDP2-sharded (tests/scripts/fsdp_fit.py swaps
+    accelerate's DDP model for its FSDP2 one) on two gloo ranks: the DDP run's losses and weights, and a run
+    resumed from its step-2 checkpoint continues the same curve."""
+    from safetensors.torch import load_file
+
+    from tests.shards import make_image_shards
+
+    shards, _ = make_image_shards(tmp_path / "shards", [16] * 4)
+
+    def run(name, mode, *extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "--num_processes",
+               "2", "--mixed_precision", "no", "--main_process_port", "0",
+               str(ROOT / "tests" / "scripts" / "fsdp_fit.py"), str(tmp_path / name), str(shards), mode, *extra]
+        env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+        rows = [json.loads(line) for line in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows], tmp_path / name / "run" / "checkpoints"
+
+    ddp, ddp_checkpoints = run("ddp", "ddp")
+    fsdp, fsdp_checkpoints = run("fsdp", "fsdp")
+    assert len(ddp) == 4 and fsdp == pytest.approx(ddp, rel=1e-4)
+    final = load_file(str(fsdp_checkpoints / "checkpoint-00000004" / "model.safetensors"))
+    expected = load_file(str(ddp_checkpoints / "checkpoint-00000004" / "model.safetensors"))
+    assert sorted(final) == sorted(expected)
+    assert max(float((final[k] - expected[k]).abs().max()) for k in expected if expected[k].is_floating_point()) < 1e-4
+    # resume the sharded run from its step-2 checkpoint (as after a kill): steps 3 and 4 again, the same losses
+    (fsdp_checkpoints / "latest").write_text("checkpoint-00000002")
+    shutil.rmtree(fsdp_checkpoints / "checkpoint-00000004")
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "fsdp" / "run", tmp_path / "resumed" / "run")
+    resumed, _ = run("resumed", "fsdp", "--resume")
+    assert resumed[:2] == fsdp[:2] and resumed[2:] == pytest.approx(fsdp[2:], rel=1e-5)

@@ -34,12 +34,22 @@ def usable_gradients(acc, model: torch.nn.Module, real: int, bad: torch.Tensor, 
     grad_norm = None
     if clip_grad > 0:
         grad_norm = acc.clip_grad_norm_(model.parameters(), clip_grad)
+    grad_norm = _whole(grad_norm)
     ok = ~bad
     if acc.scaler is None:  # fp16: the GradScaler skips inf gradients and lowers its scale itself
         norm = grad_norm
         if norm is None:
             kept = [p.grad for p in model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(kept) if kept else None
+            norm = _whole(torch.nn.utils.get_total_norm(kept)) if kept else None
         if norm is not None:  # non-finite iff some gradient is (a finite fp32 gradient's norm is finite)
             ok = ok & torch.isfinite(norm)
     return ok, grad_norm
+
+
+def _whole(norm: torch.Tensor | None) -> torch.Tensor | None:
+    """A norm of FSDP2-sharded gradients is a DTensor (each rank's partial sum): its value, reduced over the
+    ranks (a collective every rank reaches; on the device), so that it mixes with plain tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+

@@ -179,20 +179,22 @@ def test_mix_counts_and_stage_weights():
 class TinyBackbone(nn.Module):
     num_features = 8
 
-    def __init__(self):
+    def __init__(self, norm: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.norm = nn.BatchNorm2d(4) if norm else nn.Identity()  # BatchNorm: 0-dim num_batches_tracked buffers
         self.fc = nn.Linear(4 * 3 * 3, 8)
 
     def forward(self, x):
-        h = torch.relu(self.conv(x))
+        h = torch.relu(self.norm(self.conv(x)))
         return EncoderOutput(h.flatten(2).transpose(1, 2), self.fc(h.flatten(1)))
 
 
-def make_run(seed: int):
+def make_run(seed: int, norm: bool = False):
     torch.manual_seed(seed)
     cfg = CQLConfig(hidden=[16], num_tasks=3, batch_size=10, augment_pad=1)
-    agent = CQL(PixelEncoder(TinyBackbone()), ActionSpace(True, 3), cfg).configure(seed=0)
+    encoder = PixelEncoder(TinyBackbone(norm), batch_norm="train")
+    agent = CQL(encoder, ActionSpace(True, 3), cfg).configure(seed=0)
     conv = RewardConvention(all_successful=True)
     srcs = []
     for task in range(3):
@@ -205,17 +207,18 @@ def weights(step):
     return mix_weights(step, [1.0, 1.0], 1, 4, 0.9, True)
 
 
-def test_resume_across_stages_is_exact(tmp_path):
+@pytest.mark.parametrize("norm", [False, True])
+def test_resume_across_stages_is_exact(tmp_path, norm):
     """8 steps with the switch to 90/10 after step 4, uninterrupted vs stopped at the stage-2 checkpoint and
     resumed by a freshly built agent (other initial weights): the same parameters, optimizer moments and
-    next batch."""
-    a, mix_a = make_run(0)
+    next batch; with a BatchNorm encoder too (its running statistics and counters shared by two networks)."""
+    a, mix_a = make_run(0, norm)
     torch.manual_seed(123)
     ra = train_stages(a, mix_a, np.random.default_rng(7), tmp_path / "a", 8, weights, 10, stage2_steps=4,
                       log_every=1)
 
     # killed at step 6: two stage-3 steps after the stage-2 checkpoint are lost (and their logged rows dropped)
-    b, mix_b = make_run(0)
+    b, mix_b = make_run(0, norm)
     torch.manual_seed(123)
     rb = train_stages(b, mix_b, np.random.default_rng(7), tmp_path / "b", 8, weights, 10, stage2_steps=4, stop_at=6,
                       log_every=1)
@@ -223,7 +226,7 @@ def test_resume_across_stages_is_exact(tmp_path):
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "critic_lo')  # a line cut mid-write
     del b
-    c, mix_c = make_run(99)  # a new process: other initial weights, other random state
+    c, mix_c = make_run(99, norm)  # a new process: other initial weights, other random state
     torch.manual_seed(555)
     before = [p.clone() for p in c.parameters()]
     rc = train_stages(c, mix_c, np.random.default_rng(1), tmp_path / "b", 8, weights, 10, stage2_steps=4,

@@ -85,7 +85,8 @@ def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | N
 def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool,
                    draw_seed: int = RANDOM_DRAW_SEED) -> PixelEncoder:
     backbone = _load_export(path, random_init, draw_seed, arm.pretrained)
-    return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init))
+    return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init),
+                        batch_norm=arm.batch_norm)
 
 
 class FrozenFeatures:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from ..utils.io import atomic_output, write_atomic, write_json
 
@@ -95,13 +95,36 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_agent_weights(agent: torch.nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load ``agent``'s weights from a safetensors file written by ``save_model``; returns (missing, unexpected)
+    names and loads only when both are empty. save_model writes one name per group of tensors that share
+    storage (the critic's encoder is the agent's), and the name it keeps is not stable across a fresh and a
+    trained agent (BatchNorm's 0-dim num_batches_tracked), so names are matched through the model's own
+    aliases (tensors sharing storage) instead of safetensors' load_model."""
+    state = load_file(str(path))
+    own = agent.state_dict()
+    aliases: dict[tuple, list[str]] = {}
+    for name, tensor in own.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        aliases.setdefault(key, []).append(name)
+    for names in aliases.values():
+        present = [n for n in names if n in state]
+        for name in names:
+            if present and name not in state:
+                state[name] = state[present[0]]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if not missing and not unexpected:
+        agent.load_state_dict(state)
+    return missing, unexpected
+
+
 def load_checkpoint(directory: str | Path, agent, weights_only: bool = False) -> dict:
     """Restore ``agent`` (built and configured as when saved) from ``directory``; returns
     {"step", "rng" (a numpy Generator in the saved state), "state", "extra"}. ``weights_only``: the
     parameters only (a new stage starting from them, with fresh optimizer and random streams)."""
     directory = Path(directory)
     meta = json.loads((directory / STATE).read_text())
-    missing, unexpected = load_model(agent, str(directory / "agent.safetensors"), strict=False)
+    missing, unexpected = load_agent_weights(agent, directory / "agent.safetensors")
     if missing or unexpected:
         raise KeyError(f"{directory}: the agent does not match: missing {sorted(missing)[:5]}, "
                        f"unexpected {sorted(unexpected)[:5]}")

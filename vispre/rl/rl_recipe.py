@@ -63,6 +63,9 @@ class ArmConfig:
     encoder_lr: float = 0.0  # 0 = agent.lr (finetune often wants less)
     input_size: int = 0  # resize frames for the encoder (0 = as they are, unless it needs a fixed size)
     features: str = "pooled"  # pooled (timm's pooled feature) | phi (an ICVF export's phi(s) on top of it)
+    # an export's BatchNorm layers when fine-tuned: frozen (keep the pretrained running statistics, in training
+    # too: see PixelEncoder.train) | train (update them from the RL batches)
+    batch_norm: str = "frozen"
 
 
 @dataclass
@@ -109,6 +112,8 @@ def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
         arm.name = arm.name or arm.kind
         if arm.features not in ("pooled", "phi"):
             raise ConfigError(f"{source}: arms.{i}.features: {arm.features!r} is not pooled or phi")
+        if arm.batch_norm not in ("frozen", "train"):
+            raise ConfigError(f"{source}: arms.{i}.batch_norm: {arm.batch_norm!r} is not frozen or train")
         if arm.kind == "scratch" and arm.architecture not in ARCHITECTURES:
             raise ConfigError(f"{source}: arms.{i}.architecture: {arm.architecture!r} is not one of "
                               f"{', '.join(ARCHITECTURES)}")

@@ -62,6 +62,7 @@ class VPTRArm:
     encoder_lr: float = 0.0
     input_size: int = 0
     features: str = "pooled"  # pooled | phi
+    batch_norm: str = "frozen"  # an export's BatchNorm statistics: frozen | train (ArmConfig.batch_norm)
     multitask: bool = True  # False: target data only, all steps (no stage 2)
 
 
@@ -223,7 +224,7 @@ def build_agent(cfg: VPTRConfig, arm: VPTRArm, seed: int, sample: Transitions, s
 
     arm_cfg = ArmConfig(name=arm.name, kind=arm.kind, encoder=arm.encoder or cfg.encoder,
                         architecture=arm.architecture, encoder_lr=arm.encoder_lr, input_size=arm.input_size,
-                        features=arm.features)
+                        features=arm.features, batch_norm=arm.batch_norm)
     data = build_arm(arm_cfg, arm_cfg.encoder, seed, sample, sample, cfg.frame_stack)
     agent = AGENTS[cfg.agent.name](data.encoder, space, cfg.agent, cfg.frame_stack).to(device)
     return agent.configure(arm.encoder_lr, True, seed)

@@ -258,8 +258,11 @@ def run_key(cfg: OfflineRLConfig, arm, encoder: str, train_path: Path) -> str:
         return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [str(p)]
 
     weights = stamp(Path(encoder) / "model.safetensors") if uses_export(arm, encoder) else ""
+    arm_fields = dict(vars(arm))
+    if arm.kind != "finetune":  # only a trained export's BatchNorm reads it: other arms' records stay valid
+        arm_fields.pop("batch_norm", None)
     parts = {"agent": vars(cfg.agent), "data": vars(cfg.data), "env": vars(cfg.env), "eval": vars(cfg.eval),
-             "arm": vars(arm), "encoder": weights, "train": stamp(train_path)}
+             "arm": arm_fields, "encoder": weights, "train": stamp(train_path)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

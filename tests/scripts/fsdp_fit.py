@@ -9,6 +9,7 @@ as the Trainer builds it. Everything else (the loop, the step, the checkpoints, 
     fsdp_fit.py OUT SHARDS ddp|fsdp [--resume] [overrides...]
 """
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,14 @@ def main():
         trainer.optimizer = acc.prepare_optimizer(build_optimizer(
             param_groups(trainer.model), acc.device, "false", lr=trainer.base_lr, betas=tuple(o.betas), eps=o.eps))
     trainer.fit(resume="latest" if resume else None)
+    if mode == "fsdp":
+        # Once in about ten runs under load, an fsdp run that had finished (its checkpoints and metrics written)
+        # died at interpreter exit with "terminate called without an active exception" (SIGABRT): teardown with
+        # the sharded model alive after fit() ended the process group. Not resolved (README "Large models:
+        # FSDP"); this script checks the run, so it leaves without that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

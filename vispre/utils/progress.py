@@ -46,7 +46,10 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     from tqdm import tqdm
 
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
-        total = len(iterable)
+        try:
+            total = len(iterable)
+        except TypeError:  # a stream whose length is unknown (StreamLoader without sizes.json): no total
+            total = None
     off = bool(disable) or not enabled()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=off, leave=leave, file=sys.stderr,
                 dynamic_ncols=True, **kwargs)

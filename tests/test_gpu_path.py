@@ -15,7 +15,7 @@ import vispre.views.photometric as photometric
 from tests.shards import make_image_shards
 from tests.test_ab import batches as ab_batches
 from tests.test_methods import TINY_AB, build, fake_batch, tiny_recipe
-from tests.test_robust_train import parameters, poison, rows, tiny, trainer
+from tests.test_robust_train import fit_tracking_parameters, poison, rows, tiny, trainer
 from vispre.pretrain.recipe import load_recipe
 from vispre.pretrain.speed import build_optimizer, compile_encoders, is_cnn, use_channels_last
 from vispre.pretrain.step_metrics import MetricWindow, NonFiniteWatch
@@ -133,15 +133,7 @@ def test_unfused_optimizer_still_skips_nonfinite_steps(tmp_path, shards):
     t = trainer(shards, tmp_path / "run", "train.steps=4", "train.fused_adamw=false")
     assert not t.skip_on_device and not t.optimizer.optimizer.param_groups[0]["fused"]
     poison(t, {1})
-    seen, step = [], t.train_step
-
-    def tracking(batches):
-        out = step(batches)
-        seen.append(parameters(t))
-        return out
-
-    t.train_step = tracking
-    t.fit()
+    seen = fit_tracking_parameters(t)
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
     assert [r["nonfinite"] for r in rows(tmp_path / "run")] == [0, 1, 0, 0]
 

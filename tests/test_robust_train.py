@@ -191,11 +191,9 @@ def parameters(t):
     return torch.cat([p.detach().flatten().clone() for p in t.model.parameters()])
 
 
-def test_nonfinite_loss_skips_the_step(tmp_path, shards):
-    t = trainer(shards, tmp_path / "run", "train.steps=6", "train.nonfinite=skip")
-    poison(t, {2, 3})
-    seen = []
-    step = t.train_step
+def fit_tracking_parameters(t) -> list:
+    """Run ``t.fit()`` and return the flat parameters after every training step."""
+    seen, step = [], t.train_step
 
     def tracking(batches):
         out = step(batches)
@@ -204,6 +202,13 @@ def test_nonfinite_loss_skips_the_step(tmp_path, shards):
 
     t.train_step = tracking
     t.fit()
+    return seen
+
+
+def test_nonfinite_loss_skips_the_step(tmp_path, shards):
+    t = trainer(shards, tmp_path / "run", "train.steps=6", "train.nonfinite=skip")
+    poison(t, {2, 3})
+    seen = fit_tracking_parameters(t)
     assert torch.equal(seen[1], seen[2]) and torch.equal(seen[2], seen[3])  # steps 3 and 4 changed nothing
     assert not torch.equal(seen[3], seen[4])  # training went on
     assert [r["nonfinite"] for r in rows(tmp_path / "run")] == [0, 0, 1, 1, 0, 0]

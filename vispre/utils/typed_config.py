@@ -55,16 +55,21 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()):
     return OmegaConf.merge(load_yaml(path.parent / base, (*_chain, path.resolve())), config)
 
 
+def _merged(schema: type, path, overrides: Sequence[str], defaults: dict):
+    """The untyped merge load_config and preview_yaml share: schema <- defaults <- YAML <- overrides."""
+    config = OmegaConf.structured(schema)
+    if defaults:
+        config = OmegaConf.merge(config, defaults)
+    if path is not None:
+        config = OmegaConf.merge(config, load_yaml(path))
+    return apply_overrides(config, overrides)
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
                 **defaults: Any) -> T:
     """``schema`` defaults <- ``defaults`` <- YAML file <- ``key=value`` overrides, type-checked."""
     try:
-        config = OmegaConf.structured(schema)
-        if defaults:
-            config = OmegaConf.merge(config, defaults)
-        if path is not None:
-            config = OmegaConf.merge(config, load_yaml(path))
-        config = apply_overrides(config, overrides)
+        config = _merged(schema, path, overrides, defaults)
         missing = sorted(OmegaConf.missing_keys(config))
         if missing:
             raise ConfigError(f"{path or schema.__name__}: missing required value(s): {', '.join(missing)}")
@@ -80,12 +85,7 @@ def preview_yaml(schema: type, path: str | Path | None = None, overrides: Sequen
     """What ``load_config`` would resolve, as YAML, even while required values are missing: they show as
     ``???`` and a trailing comment lists them (``--print-config`` before the values are filled in)."""
     try:
-        config = OmegaConf.structured(schema)
-        if defaults:
-            config = OmegaConf.merge(config, defaults)
-        if path is not None:
-            config = OmegaConf.merge(config, load_yaml(path))
-        config = apply_overrides(config, overrides)
+        config = _merged(schema, path, overrides, defaults)
     except OmegaConfBaseException as e:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{getattr(e, 'full_key', '?')}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from e

@@ -123,3 +123,22 @@ def test_a_built_wheel_carries_the_recipes_and_their_bases_resolve(tmp_path):
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert out[0] == str(tmp_path / "site/vispre/_recipes") and int(out[1]) == len(shipped_recipes("eval"))
     assert out[2] == "ab_dino_coco_vits16"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--resume", "R.yaml"],
+    ["--resume", "R.yaml", "train.steps=3"],
+    ["--resume", "demo/simclr", "train.steps=3", "--overwrite"],
+])
+def test_resume_before_the_recipe_still_reads_the_recipe(argv):
+    args = pretrain_args(*argv)
+    assert args.recipe == argv[1] and args.resume == "latest"
+    assert args.overrides == argv[2:3] and args.overwrite == ("--overwrite" in argv)
+
+
+def test_a_checkpoint_then_the_recipe_and_no_recipe_at_all(capsys):
+    args = pretrain_args("--resume", "runs/x/checkpoints/checkpoint-00000010", "R.yaml", "train.steps=3")
+    assert (args.recipe, args.resume, args.overrides) == (
+        "R.yaml", "runs/x/checkpoints/checkpoint-00000010", ["train.steps=3"])
+    assert main(["pretrain"]) == EXIT_USER_ERROR
+    assert "a recipe is required" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "recipes' lists them, e.g. demo/simclr). key=value arguments override recipe fields, e.g. "
                     "'train.steps=200 data.batch_size=32 method.ab.gamma=0.5', before or after the options. "
                     "For many processes: accelerate launch -m vispre pretrain RECIPE ...")
-    parser.add_argument("recipe", help="recipe YAML, or a shipped recipe's name (vispre recipes pretrain)")
+    # optional to argparse only so that '--resume RECIPE' (the option first) parses: see parse_args_in_any_order
+    parser.add_argument("recipe", nargs="?", help="recipe YAML, or a shipped recipe's name (vispre recipes pretrain)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields to override")
     _options(parser)
     # argparse takes the positionals before the first option: what follows it is re-read by parse_args_in_any_order
@@ -38,8 +39,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 def parse_args_in_any_order(args: argparse.Namespace) -> argparse.Namespace:
     """Options and key=value overrides in any order, overrides kept in the order given (a later one wins).
     ``--resume`` takes an optional value, so argparse gives it the override that follows (``--resume
-    train.steps=8``): such a value is an override, and --resume means the newest checkpoint."""
+    train.steps=8``): such a value is an override, and --resume means the newest checkpoint. Given before the
+    recipe (``--resume RECIPE``), it takes the recipe, which is then put back: a recipe is always required."""
+    from ..utils.errors import UserError
+
     overrides = list(args.overrides)
+    if args.resume not in (None, "latest") and (args.recipe is None or OVERRIDE.match(args.recipe)):
+        if args.recipe is not None:
+            overrides.insert(0, args.recipe)  # '--resume RECIPE key=value': the override went to the recipe slot
+        args.recipe, args.resume = args.resume, "latest"
+    if args.recipe is None:
+        raise UserError("a recipe is required (vispre pretrain RECIPE [key=value ...]; 'vispre recipes' lists them)")
     if args.resume is not None and OVERRIDE.match(args.resume):
         overrides.append(args.resume)  # it came right after the options' start: after the first overrides
         args.resume = "latest"

@@ -258,3 +258,20 @@ threads: 1
 
     assert all("shaping" in r and r["shaping"] != 0 for r in logged("shaped") + logged("random_value"))
     assert all("shaping" not in r for r in logged("unshaped"))
+
+
+def test_a_diverging_value_finetune_stops_with_the_fields_to_change(icvf_export, tmp_path):
+    from vispre.rl.viva import check_value_range
+
+    cfg = ValueFinetuneConfig(discount=0.9)  # values lie in [-10, 0]
+    check_value_range({"step": 100, "v": -9.5}, cfg)  # inside: no error
+    for v in (-16.0, 6.0, float("nan")):
+        with pytest.raises(ValueError, match=r"diverged at step 100.*\[-10, 0\].*value_finetune.lr"):
+            check_value_range({"step": 100, "v": v}, cfg)
+    out, _ = icvf_export
+    video = video_file(tmp_path / "video.npz")
+    wild = ValueFinetuneConfig(steps=100, batch_size=8, sources=[str(video)], lr=10.0, eps=1e-8, tau=1.0,
+                               discount=0.9)
+    with pytest.raises(ValueError, match="value fine-tuning diverged"):
+        finetune_value(out, tmp_path / "wild", wild)
+    assert not (tmp_path / "wild").exists()  # nothing half-written to shape rewards with

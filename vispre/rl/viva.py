@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -216,7 +217,18 @@ def finetune_value(export_dir: str | Path, out_dir: str | Path, cfg: ValueFinetu
                 p.lerp_(q, cfg.tau)
         if step % 100 == 0 or step == cfg.steps:
             history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+            check_value_range(history[-1], cfg)
     return write_value_export(export_dir, out_dir, target, {"finetune": vars(cfg), "history": history})
+
+
+def check_value_range(point: dict, cfg: ValueFinetuneConfig) -> None:
+    """With rewards in {-1, 0}, every value lies in [-1 / (1 - gamma), 0]. A mean V far outside it, or not
+    finite, means TD diverged (e.g. lr 3e-4 with tau 0.05 took MiniGrid's V from -6 to -4000 in 300 steps):
+    stop rather than shape rewards with it."""
+    v, bound = point["v"], 1.0 / (1.0 - cfg.discount)
+    if not math.isfinite(v) or v < -1.5 * bound or v > 0.5 * bound:
+        raise ValueError(f"value fine-tuning diverged at step {point['step']}: mean V = {v:.4g}, outside "
+                         f"[-1 / (1 - gamma), 0] = [{-bound:.4g}, 0]; lower value_finetune.lr or value_finetune.tau")
 
 
 def write_value_export(export_dir: str | Path, out_dir: str | Path, value: FrozenValue, info: dict) -> Path:

@@ -250,6 +250,9 @@ threads: 1
     out = tmp_path / "out"
     assert set(results["summary"]) == {"shaped", "unshaped", "random_value"}
     assert results["summary"]["shaped"]["env_step"] == [20, 40]
+    shaped = next(r for r in results["runs"] if r["arm"] == "shaped")  # the training rate per point, per arm
+    assert results["summary"]["shaped"]["train_success_mean"] == [p["train_success"] for p in shaped["curve"]]
+    assert f"| shaped | {shaped['curve'][-1]['success']:.2f} ± 0.00 |" in (out / "results.md").read_text()
     assert (out / "curves.png").stat().st_size > 0 and (out / "value_finetuned" / "viva_finetune.json").is_file()
 
     def logged(arm):

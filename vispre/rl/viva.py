@@ -289,13 +289,15 @@ class MiniGridGoalTask:
 
 
 def summarise(curves: dict[str, list[list[dict]]]) -> dict:
-    """Per arm: mean and std over seeds of success and return at each evaluation step."""
+    """Per arm: mean and std over seeds of greedy success and return at each evaluation step, and of the
+    training episodes' success rate (the last 20 episodes, exploration on) where the curve has it."""
     out = {}
     for arm, runs in curves.items():
         steps = [p["env_step"] for p in runs[0]]
+        keys = [k for k in ("success", "return", "train_success") if all(k in p for r in runs for p in r)]
         out[arm] = {"env_step": steps,
                     **{f"{k}_{stat}": [float(fn([r[i][k] for r in runs])) for i in range(len(steps))]
-                       for k in ("success", "return") for stat, fn in (("mean", np.mean), ("std", np.std))}}
+                       for k in keys for stat, fn in (("mean", np.mean), ("std", np.std))}}
     return out
 
 

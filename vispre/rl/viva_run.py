@@ -186,11 +186,14 @@ def run_viva(cfg: ViVaConfig | str | Path, overrides=()) -> dict:
     results = {"name": cfg.name, "runs": records, "summary": summary, "shaping": vars(cfg.shaping),
                "value": str(tuned) if tuned else "", "offline": str(offline_path) if offline_path else ""}
     write_json(out / "results.json", results)
-    rows = ["| arm | final success | final return | first success (env step, per seed) |", "|---|---|---|---|"]
+    rows = ["| arm | final greedy success | final greedy return | training episodes' success | "
+            "first success (env step, per seed) |", "|---|---|---|---|---|"]
     for arm, s in summary.items():
-        firsts = [r["first_success_env_step"] for r in records if r["arm"] == arm]
+        mine = [r for r in records if r["arm"] == arm]
+        rate = [r["train_success_rate"] for r in mine]
         rows.append(f"| {arm} | {s['success_mean'][-1]:.2f} ± {s['success_std'][-1]:.2f} | "
-                    f"{s['return_mean'][-1]:.2f} ± {s['return_std'][-1]:.2f} | {firsts} |")
+                    f"{s['return_mean'][-1]:.2f} ± {s['return_std'][-1]:.2f} | "
+                    f"{np.mean(rate):.3f} ± {np.std(rate):.3f} | {[r['first_success_env_step'] for r in mine]} |")
     write_atomic(out / "results.md", "\n".join(rows) + "\n")
     plot_curves(summary, out / "curves.png", cfg.name)
     return results
@@ -202,15 +205,18 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = [("success", "greedy success"), ("return", "greedy return"),
+              ("train_success", "training episodes' success (last 20)")]
+    panels = [p for p in panels if all(f"{p[0]}_mean" in s for s in summary.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for arm, s in summary.items():
         x = np.array(s["env_step"])
-        for ax, key in zip(axes, ("success", "return")):
+        for ax, (key, label) in zip(axes, panels):
             m, sd = np.array(s[f"{key}_mean"]), np.array(s[f"{key}_std"])
             ax.plot(x, m, label=arm)
             ax.fill_between(x, m - sd, m + sd, alpha=0.2)
             ax.set_xlabel("environment steps")
-            ax.set_ylabel(f"greedy {key}")
+            ax.set_ylabel(label)
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo icvf rl-compare test bench clean
+.PHONY: install demo icvf rl-compare ogbench-cube test bench clean
 
 install: $(STAMP)
 
@@ -51,6 +51,20 @@ icvf: $(STAMP)
 rl-compare: $(STAMP)
 	test -f $(ICVF_RUN)-held_out-export/config.json -a -f $(ICVF_RUN)-in_domain-export/config.json || $(MAKE) icvf
 	$(VENV)/bin/vispre eval eval/offline_rl_minigrid_compare.yaml
+
+# OGBench visual-cube-single at CPU scale (needs `pip install 'vispre[ogbench]'`): the dataset made with OGBench's
+# environment and oracle (lean rendering, ~21 min), ICVF / DINO / AB_DINO pretrained on its frames and exported,
+# then scratch vs the frozen exports vs random weights, 3 seeds each (about 2.5 h on two cores).
+CUBE ?= data/ogbench/visual-cube-single-play-v0.npz
+OGB ?= runs/ogbench
+ogbench-cube: $(STAMP)
+	test -f $(CUBE) || MUJOCO_GL=egl $(PY) tools/make_ogbench_dataset.py visual-cube-single-play-v0 --out $(dir $(CUBE)) \
+		--episodes 50 --render-quality lean --chunk-episodes 2 --workers 2
+	test -f $(OGB)/cube_frames/sizes.json || $(PY) tools/minigrid_frames_to_shards.py $(CUBE) $(OGB)/cube_frames --every 5
+	for r in icvf_cube_cpu dino_cube ab_dino_cube; do test -f $(OGB)/$$r-export/config.json || { \
+		$(VENV)/bin/vispre pretrain recipes/ogbench/$$r.yaml && \
+		$(VENV)/bin/vispre export $(OGB)/$$r $(OGB)/$$r-export; } || exit 1; done
+	MUJOCO_GL=egl $(VENV)/bin/vispre eval eval/offline_rl_ogbench_cube_cpu.yaml data.path=$(CUBE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -141,6 +141,15 @@ def test_distinct_frames_as_image_shards(tmp_path):
         seen.append(row)
         np.testing.assert_array_equal(batch["image"][0].permute(1, 2, 0).numpy(), frames[row])  # PNG: exact
     assert len(seen) == len(distinct) == len(set(seen))
+    # --every 3: the distinct frames among rows 0, 3, 6, ..., each written with its row in the video
+    thinned = module.write_frames(tmp_path / "simple_crossing-play.npz", tmp_path / "every3", every=3)
+    kept = np.unique(frames[::3].reshape(-(-len(frames) // 3), -1), axis=0)
+    assert thinned["frames"] == len(kept) < len(distinct)
+    cfg.spec = str(tmp_path / "every3")
+    rows = [batch["json"][0]["row"] for batch in build_loader(cfg, transform=CenterCrop(64, crop_pct=1.0))]
+    assert len(rows) == len(kept) and all(r % 3 == 0 for r in rows)
+    with pytest.raises(ValueError, match="--every"):
+        module.write_frames(tmp_path / "simple_crossing-play.npz", tmp_path / "every0", every=0)
     with pytest.raises(KeyError, match="no 'observations'"):
         np.savez(tmp_path / "bad.npz", actions=np.zeros(3))
         module.write_frames(tmp_path / "bad.npz", tmp_path / "bad")

@@ -306,6 +306,25 @@ def test_arms_without_their_export_fail_before_any_work(tmp_path):
     assert not (tmp_path / "out" / "data").exists()
 
 
+def test_a_finished_run_is_reused_only_when_what_it_depends_on_is_unchanged(tmp_path):
+    """run_key: a progress bar or the random-policy reference do not change a run (a comparison run arm by
+    arm and then whole reuses every finished run); the evaluation episodes, the agent and the data do."""
+    from vispre.rl.run import run_key
+
+    train = tmp_path / "train.npz"
+    train.write_bytes(b"x")
+
+    def key(*overrides):
+        cfg = load_offline_rl_config(ROOT / "eval/offline_rl_minigrid.yaml", list(overrides))
+        return run_key(cfg, cfg.arms[0], "", train)
+
+    base = key()
+    assert key("eval.progress=false") == base and key("eval.random_reference=false") == base
+    assert len({base, key("eval.episodes=7"), key("agent.steps=11"), key("data.frame_stack=2")}) == 4
+    train.write_bytes(b"yy")
+    assert key() != base
+
+
 @pytest.fixture(scope="module")
 def oracle_layout0(tmp_path_factory) -> Path:
     """Noise-free oracle episodes from the environment's start on one SimpleCrossing layout (train layout 0)."""

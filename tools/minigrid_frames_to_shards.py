@@ -1,4 +1,5 @@
-"""The distinct frames of a MiniGrid video as image shards, for the image methods (AB, DINO, SimCLR).
+"""The distinct frames of a video (an OGBench-layout .npz: MiniGrid, OGBench cube) as image shards, for the
+image methods (AB, DINO, SimCLR).
 
     python tools/minigrid_frames_to_shards.py runs/minigrid/video/simple_crossing-play.npz runs/minigrid/frames
 
@@ -28,15 +29,19 @@ def png(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_frames(npz: str | Path, out: str | Path, samples_per_shard: int = 1000) -> dict:
-    """Write the distinct ``observations`` of ``npz`` under ``out``; return {frames, rows, shards}."""
+def write_frames(npz: str | Path, out: str | Path, samples_per_shard: int = 1000, every: int = 1) -> dict:
+    """Write the distinct ``observations`` of ``npz`` under ``out`` (of every ``every``-th row: a continuous
+    video such as OGBench's cube differs little from one frame to the next); return {frames, rows, shards}."""
     with np.load(npz) as data:
         if "observations" not in data.files:
             raise KeyError(f"{npz}: no 'observations' array (members: {sorted(data.files)})")
         frames = data["observations"]
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{npz}: observations must be uint8 [N, H, W, 3] frames, got {frames.dtype} {frames.shape}")
-    first, _ = unique_rows(frames)
+    if every < 1:
+        raise ValueError(f"--every must be at least 1, got {every}")
+    first, _ = unique_rows(frames[::every])
+    first = first * every
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with ShardWriter(out, prefix="frames", samples_per_shard=samples_per_shard) as writer:
@@ -50,8 +55,9 @@ def main(argv=None) -> None:
     parser.add_argument("npz", help="an OGBench-layout .npz with uint8 observations (tools/make_minigrid_video.py)")
     parser.add_argument("out", help="output folder for frames-NNNNN.tar and sizes.json")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--every", type=int, default=1, help="keep every N-th row (default: all)")
     args = parser.parse_args(argv)
-    print(json.dumps(write_frames(args.npz, args.out, args.samples_per_shard)))
+    print(json.dumps(write_frames(args.npz, args.out, args.samples_per_shard, args.every)))
 
 
 if __name__ == "__main__":

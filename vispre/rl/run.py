@@ -261,7 +261,9 @@ def run_key(cfg: OfflineRLConfig, arm, encoder: str, train_path: Path) -> str:
     arm_fields = dict(vars(arm))
     if arm.kind != "finetune":  # only a trained export's BatchNorm reads it: other arms' records stay valid
         arm_fields.pop("batch_norm", None)
-    parts = {"agent": vars(cfg.agent), "data": vars(cfg.data), "env": vars(cfg.env), "eval": vars(cfg.eval),
+    # how a run is shown or put in context (a progress bar, the random-policy reference) does not change it
+    eval_fields = {k: v for k, v in vars(cfg.eval).items() if k not in ("progress", "random_reference")}
+    parts = {"agent": vars(cfg.agent), "data": vars(cfg.data), "env": vars(cfg.env), "eval": eval_fields,
              "arm": arm_fields, "encoder": weights, "train": stamp(train_path)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

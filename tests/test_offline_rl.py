@@ -394,6 +394,10 @@ def test_the_comparison_runs_end_to_end(tmp_path):
     assert math.isfinite(runs[0]["final"]["value_mae"])
     table = (out / "results.md").read_text()
     assert "| scratch | nature |" in table and f"| random_frozen | {export} |" in table
+    scratch_row = next(line for line in table.splitlines() if line.startswith("| scratch |")).split(" | ")
+    header = next(line for line in table.splitlines() if line.startswith("| arm |")).split(" | ")
+    eval_s = saved["arms"]["scratch"]["eval_seconds"]["mean"]
+    assert eval_s > 0 and scratch_row[header.index("eval s / seed")] == f"{eval_s:.0f}"
     random_policy = protocol["reference"]["uniform_random_policy"]
     assert 0 <= random_policy["success"] <= 1 and 1 <= random_policy["length"] <= 20
     assert f"success {random_policy['success']:.2f}" in table and "episodes on a layout that occurs" in table

@@ -68,15 +68,16 @@ def markdown_table(name: str, protocol: dict, arms: dict[str, dict]) -> str:
              *_context(p),
              ("Values are mean ± std over seeds (per-seed values in brackets). Value error: |V - G| against "
               "Monte-Carlo returns G of the validation split."), "",
-             "| arm | encoder | success | episode length | value MAE | value corr | train s / seed | features s |",
-             "|---|---|---|---|---|---|---|---|"]
+             ("| arm | encoder | success | episode length | value MAE | value corr | train s / seed | eval s / seed "
+              "| features s |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     states = p["dataset"].get("observations") == "states"
     encoders = {arm["name"]: arm["encoder"] if arm["kind"] != "scratch" or arm["architecture"] == "export"
                 else "none (states)" if states else arm["architecture"] for arm in p["arms"]}
     for name_, arm in arms.items():
-        train_s = arm["train_seconds"]["mean"] or 0.0
+        train_s, eval_s = arm["train_seconds"]["mean"] or 0.0, arm["eval_seconds"]["mean"] or 0.0
         lines.append(f"| {name_} | {encoders.get(name_, '')} | {_cell(arm['success'])} | {_cell(arm['length'], 1)} | "
-                     f"{_cell(arm['value_mae'])} | {_cell(arm['value_corr'])} | {train_s:.0f} | "
+                     f"{_cell(arm['value_mae'])} | {_cell(arm['value_corr'])} | {train_s:.0f} | {eval_s:.0f} | "
                      f"{arm['feature_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -53,7 +53,7 @@ rl-compare: $(STAMP)
 	$(VENV)/bin/vispre eval eval/offline_rl_minigrid_compare.yaml
 
 # OGBench visual-cube-single at CPU scale (needs `pip install 'vispre[ogbench]'`): the dataset made with OGBench's
-# environment and oracle (lean rendering, ~21 min), ICVF / DINO / AB_DINO pretrained on its frames and exported,
+# environment and oracle (lean rendering, ~21 min), ICVF / SimCLR / AB_SimCLR pretrained on its frames and exported,
 # then scratch vs the frozen exports vs random weights, 3 seeds each (about 2.5 h on two cores).
 CUBE ?= data/ogbench/visual-cube-single-play-v0.npz
 OGB ?= runs/ogbench
@@ -61,7 +61,7 @@ ogbench-cube: $(STAMP)
 	test -f $(CUBE) || MUJOCO_GL=egl $(PY) tools/make_ogbench_dataset.py visual-cube-single-play-v0 --out $(dir $(CUBE)) \
 		--episodes 50 --render-quality lean --chunk-episodes 2 --workers 2
 	test -f $(OGB)/cube_frames/sizes.json || $(PY) tools/minigrid_frames_to_shards.py $(CUBE) $(OGB)/cube_frames --every 5
-	for r in icvf_cube_cpu dino_cube ab_dino_cube; do test -f $(OGB)/$$r-export/config.json || { \
+	for r in icvf_cube_cpu simclr_cube ab_simclr_cube; do test -f $(OGB)/$$r-export/config.json || { \
 		$(VENV)/bin/vispre pretrain recipes/ogbench/$$r.yaml && \
 		$(VENV)/bin/vispre export $(OGB)/$$r $(OGB)/$$r-export; } || exit 1; done
 	MUJOCO_GL=egl $(VENV)/bin/vispre eval eval/offline_rl_ogbench_cube_cpu.yaml data.path=$(CUBE)

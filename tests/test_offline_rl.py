@@ -407,3 +407,16 @@ def test_the_comparison_runs_end_to_end(tmp_path):
     written = log_file.stat().st_mtime_ns
     again = run_offline_rl(cfg, str(export))
     assert log_file.stat().st_mtime_ns == written and again["runs"] == saved["runs"]
+
+
+def test_arms_run_alone_by_name_and_an_unknown_one_is_named(capsys):
+    """vispre eval RECIPE --arms a,b runs those arms only (the rest of the recipe unchanged), so a comparison
+    can run in several processes and then whole, reusing every finished run."""
+    from vispre.cli import main
+
+    recipe = str(ROOT / "eval/offline_rl_ogbench_cube_cpu.yaml")
+    assert main(["eval", recipe, "--arms", "icvf,simclr", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("kind: frozen") == 2 and "name: icvf\n" in printed and "scratch" not in printed
+    assert main(["eval", recipe, "--arms", "icvf,bogus"]) != 0
+    assert "--arms: bogus not among the recipe's arms (scratch, icvf," in capsys.readouterr().err

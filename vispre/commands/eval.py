@@ -27,6 +27,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", default=None, help="print the resolved recipe and exit")
     parser.add_argument("--progress", action="store_true", default=None,
                         help="progress bars even when stderr is no terminal (on a terminal they show unless -q)")
+    parser.add_argument("--arms", metavar="NAME,...", default=None,
+                        help="offline_rl recipes: run only these arms (finished runs are reused, so arms run in "
+                             "separate processes, then all of them, fill one table)")
     parser.add_argument("--random-init-results", metavar="JSON", default=None,
                         help="results.json of the same recipe at random init, drawn on the plots (default: "
                              "OUTPUT-random-init/results.json when it exists)")
@@ -258,9 +261,16 @@ def run_offline_rl(args: argparse.Namespace) -> int:
     """Offline RL from pixels: every arm (scratch, the --encoder export frozen / fine-tuned, random) x seed."""
     from ..rl.rl_recipe import load_offline_rl_config
     from ..rl.run import run_offline_rl as run_rl
-    from ..utils.typed_config import to_yaml
+    from ..utils.typed_config import ConfigError, to_yaml
 
     cfg = load_offline_rl_config(args.recipe, args.overrides)
+    if args.arms:
+        wanted = [name.strip() for name in args.arms.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - {arm.name for arm in cfg.arms})
+        if unknown:
+            raise ConfigError(f"--arms: {', '.join(unknown)} not among the recipe's arms "
+                              f"({', '.join(arm.name for arm in cfg.arms)})")
+        cfg.arms = [arm for arm in cfg.arms if arm.name in wanted]
     if args.print_config:
         print(to_yaml(cfg))
         return 0

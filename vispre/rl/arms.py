@@ -10,7 +10,8 @@
     random_frozen  the export's architecture, randomly initialised (one fixed draw, seed 0), frozen:
                    the floor a pretrained encoder has to beat
 
-An export arm reads the backbone's pooled feature (``features: pooled``) or, for ICVF exports, the
+An export arm reads the backbone's pooled feature (``features: pooled``), its whole last feature map or
+token grid flattened (``features: grid``: where things are, which pooling drops) or, for ICVF exports, the
 representation ICVF learns on top of it (``features: phi``). ``encoder: timm:NAME`` stands for any timm model
 instead of an export (its pretrained weights with ``pretrained``, a download; random weights otherwise), so a
 public encoder is scored the same way.
@@ -75,25 +76,27 @@ def _load_export(path: str, random_init: bool, draw_seed: int = RANDOM_DRAW_SEED
 
 
 def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | None:
-    """features: pooled -> None (the backbone's pooled feature); phi -> the ICVF export's phi module
+    """features: pooled or grid -> None (the backbone's own output); phi -> the ICVF export's phi module
     (random_init: the same module as built, drawn right after the backbone)."""
-    if arm.features == "pooled":
+    if arm.features in ("pooled", "grid"):
         return None
     return load_exported_module(path, arm.features, random_init=random_init)
 
 
-def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool,
+def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool, image_size: int,
                    draw_seed: int = RANDOM_DRAW_SEED) -> PixelEncoder:
     backbone = _load_export(path, random_init, draw_seed, arm.pretrained)
     return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init),
-                        batch_norm=arm.batch_norm)
+                        batch_norm=arm.batch_norm, reads="grid" if arm.features == "grid" else "pooled",
+                        image_size=image_size)
 
 
 class FrozenFeatures:
     """Per-frame features of the train and val frames under one frozen encoder, computed once per arm."""
 
     def __init__(self, arm: ArmConfig, path: str, train: Transitions, val: Transitions, device, frame_stack: int):
-        pixels = _pixel_encoder(arm, path, frame_stack, random_init=arm.kind == "random_frozen")
+        pixels = _pixel_encoder(arm, path, frame_stack, random_init=arm.kind == "random_frozen",
+                                image_size=train.observations.shape[1])
         self.pixels = pixels.to(device).eval().requires_grad_(False)
         self.dim = pixels.feature_dim
         self.observe = CachedFrameEncoder(self.pixels)  # rollouts: frames -> features, shared by the seeds
@@ -125,10 +128,11 @@ def build_arm(arm: ArmConfig, path: str, seed: int, train: Transitions, val: Tra
         channels, size = train.observations.shape[-1], train.observations.shape[1]
         encoder = ImpalaEncoder(channels * frame_stack, image_size=size)
     elif arm.kind == "scratch" and arm.architecture == "export":
-        encoder = _pixel_encoder(arm, path, frame_stack, random_init=True, draw_seed=seed)
+        encoder = _pixel_encoder(arm, path, frame_stack, random_init=True, image_size=train.observations.shape[1],
+                                 draw_seed=seed)
     elif arm.kind == "scratch":
         raise ValueError(f"arm {arm.name}: architecture must be nature, impala_small or export, got "
                          f"{arm.architecture!r}")
     else:
-        encoder = _pixel_encoder(arm, path, frame_stack, random_init=False)
+        encoder = _pixel_encoder(arm, path, frame_stack, random_init=False, image_size=train.observations.shape[1])
     return ArmData(encoder.train(), train, val, None, True)

@@ -57,14 +57,18 @@ def _normalisation(backbone: nn.Module) -> tuple[tuple, tuple, tuple | None]:
 class PixelEncoder(nn.Module):
     """uint8 frames [B, S, H, W, C] -> [B, S * D] (augmentation happens before, see ``vispre.views.shift``).
 
-    Each frame's feature is the backbone's pooled feature or, with ``head`` (an export's extra module, e.g.
+    Each frame's feature is the backbone's pooled feature, its whole token grid flattened (``reads: grid``:
+    a CNN's last map or a ViT's patch tokens, [N * D]) or, with ``head`` (an export's extra module, e.g.
     ICVF's phi), ``head.module(output.<head.spec.reads>)`` of width ``head.spec.out_dim``."""
 
     def __init__(self, backbone: Encoder | NatureCNN, frame_stack: int = 1, input_size: int = 0,
-                 head: ExportedModule | None = None, batch_norm: str = "train"):
+                 head: ExportedModule | None = None, batch_norm: str = "train", reads: str = "pooled",
+                 image_size: int = 0):
         super().__init__()
         if batch_norm not in ("train", "frozen"):
             raise ValueError(f"batch_norm must be 'train' or 'frozen', got {batch_norm!r}")
+        if reads not in ("pooled", "grid"):
+            raise ValueError(f"reads must be 'pooled' or 'grid', got {reads!r}")
         self.backbone = backbone
         self.batch_norm = batch_norm
         self.head = head.module if head is not None else None
@@ -74,8 +78,25 @@ class PixelEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.input_size = (input_size, input_size) if input_size else fixed
-        self.feature_dim = head.spec.out_dim if head is not None else backbone.num_features  # per frame
+        self.reads = reads if head is None else "head"
+        if head is not None:
+            self.feature_dim = head.spec.out_dim  # per frame
+        elif reads == "grid":
+            self.feature_dim = self._grid_dim(self.input_size or (image_size, image_size))
+        else:
+            self.feature_dim = backbone.num_features
         self.num_features = self.feature_dim * frame_stack
+
+    @torch.no_grad()
+    def _grid_dim(self, size: tuple[int, int]) -> int:
+        """N * D of the token grid at this input size (one probe forward in eval mode: BatchNorm untouched)."""
+        if not all(size):
+            raise ValueError("reads='grid' needs the frame size (image_size) for a backbone without a fixed one")
+        was_training = self.backbone.training
+        self.backbone.eval()
+        tokens = self.backbone(torch.zeros(1, self.mean.shape[1], *size)).tokens
+        self.backbone.train(was_training)
+        return tokens.shape[1] * tokens.shape[2]
 
     def train(self, mode: bool = True) -> PixelEncoder:
         """``batch_norm: frozen`` keeps BatchNorm layers on the running statistics they were pretrained with,
@@ -95,7 +116,10 @@ class PixelEncoder(nn.Module):
         if self.input_size is not None and (h, w) != tuple(self.input_size):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
         output = self.backbone((x - self.mean) / self.std)
-        features = output.pooled if self.head is None else self.head(getattr(output, self.head_reads))
+        if self.head is not None:
+            features = self.head(getattr(output, self.head_reads))
+        else:
+            features = output.tokens.flatten(1) if self.reads == "grid" else output.pooled
         return features.reshape(b, -1)
 
 

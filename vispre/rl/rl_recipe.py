@@ -62,7 +62,9 @@ class ArmConfig:
     pretrained: bool = True  # timm:NAME encoders: timm's pretrained weights (a download); false: random init
     encoder_lr: float = 0.0  # 0 = agent.lr (finetune often wants less)
     input_size: int = 0  # resize frames for the encoder (0 = as they are, unless it needs a fixed size)
-    features: str = "pooled"  # pooled (timm's pooled feature) | phi (an ICVF export's phi(s) on top of it)
+    # pooled (timm's pooled feature) | grid (the whole last feature map / patch-token grid, flattened: where things
+    # are, which pooling drops) | phi (an ICVF export's phi(s) on top of the backbone)
+    features: str = "pooled"
     # an export's BatchNorm layers when fine-tuned: frozen (keep the pretrained running statistics, in training
     # too: see PixelEncoder.train) | train (update them from the RL batches)
     batch_norm: str = "frozen"
@@ -110,8 +112,10 @@ def check(cfg: OfflineRLConfig, source: str = "recipe") -> OfflineRLConfig:
         if arm.kind not in ARM_KINDS:
             raise ConfigError(f"{source}: arms.{i}.kind: {arm.kind!r} is not one of {', '.join(ARM_KINDS)}")
         arm.name = arm.name or arm.kind
-        if arm.features not in ("pooled", "phi"):
-            raise ConfigError(f"{source}: arms.{i}.features: {arm.features!r} is not pooled or phi")
+        if arm.features not in ("pooled", "grid", "phi"):
+            raise ConfigError(f"{source}: arms.{i}.features: {arm.features!r} is not pooled, grid or phi")
+        if arm.features == "grid" and arm.kind == "scratch" and arm.architecture != "export":
+            raise ConfigError(f"{source}: arms.{i}.features: grid reads an export's (or a timm model's) feature map")
         if arm.batch_norm not in ("frozen", "train"):
             raise ConfigError(f"{source}: arms.{i}.batch_norm: {arm.batch_norm!r} is not frozen or train")
         if arm.kind == "scratch" and arm.architecture not in ARCHITECTURES:

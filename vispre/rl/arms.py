@@ -83,7 +83,7 @@ def _feature_head(arm: ArmConfig, path: str, random_init: bool) -> nn.Module | N
     return load_exported_module(path, arm.features, random_init=random_init)
 
 
-def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool, image_size: int,
+def _pixel_encoder(arm: ArmConfig, path: str, frame_stack: int, random_init: bool, image_size: int = 0,
                    draw_seed: int = RANDOM_DRAW_SEED) -> PixelEncoder:
     backbone = _load_export(path, random_init, draw_seed, arm.pretrained)
     return PixelEncoder(backbone, frame_stack, arm.input_size, _feature_head(arm, path, random_init),
